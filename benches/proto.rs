@@ -1,0 +1,2 @@
+//! Criterion benches of the protocol hot paths.
+fn main() {}

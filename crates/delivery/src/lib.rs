@@ -1,0 +1,1 @@
+//! Millrace delivery (work in progress).

@@ -1,0 +1,1 @@
+//! Millrace dsn (work in progress).

@@ -1,0 +1,1 @@
+//! Millrace queue (work in progress).

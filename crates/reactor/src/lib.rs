@@ -1,0 +1,1 @@
+//! Millrace reactor (work in progress).

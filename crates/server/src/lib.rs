@@ -1,0 +1,1 @@
+//! Millrace server (work in progress).

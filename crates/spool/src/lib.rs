@@ -1,0 +1,1 @@
+//! Millrace spool (work in progress).

@@ -1,0 +1,1 @@
+//! End-to-end tests: start the real binary and talk TCP to it.

@@ -1,0 +1,2 @@
+//! millrace-load (work in progress).
+fn main() {}

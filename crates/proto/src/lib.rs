@@ -19,6 +19,7 @@
 
 pub mod command;
 pub mod data;
+pub mod date;
 pub mod ehlo;
 pub mod line;
 pub mod params;

@@ -5,6 +5,7 @@
 //! configuration is one line on stderr naming the key, and exit code 2.
 
 mod config;
+mod events;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

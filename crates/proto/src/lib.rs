@@ -29,12 +29,13 @@ pub mod reply;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use command::{parse_command, Command, CommandError};
+pub use command::{parse_command, parse_command_with, Command, CommandError};
 pub use data::{stuff, unstuff, BodyScanner, DotStuffer, Scan};
 pub use ehlo::Capabilities;
 pub use line::{LineReader, LineStatus};
 pub use params::{
-    BodyType, MailParams, Notify, ParamError, RcptParams, Ret,
+    BodyType, MailParams, Notify, ParamError, RcptParams, Ret, xtext_decode,
+    xtext_encode,
 };
 pub use path::{ForwardPath, Mailbox, Path, PathError, ReversePath};
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyParser};

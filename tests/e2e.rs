@@ -1,1 +1,5 @@
-//! End-to-end tests: start the real binary and talk TCP to it.
+//! End-to-end tests: start the real `millrace` binary on an ephemeral
+//! loopback port and talk SMTP to it over TCP.
+
+mod inbound;
+mod util;

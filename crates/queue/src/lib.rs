@@ -81,3 +81,6 @@ pub use crate::types::{
     QueueConfig, QueueError, QueueEvent, QueueStats, RcptOutcome, Router,
     Store,
 };
+
+#[cfg(test)]
+mod tests;

@@ -21,6 +21,27 @@
 //! the input is drained (PIPELINING, RFC 2920) or when asked to
 //! ([`Action::Flush`], [`Action::Close`]).
 //!
+//! # Driving a session (the glue's contract)
+//! 1. Over `max_connections`: [`Session::too_many_connections`], write,
+//!    close. Else [`Session::new`], then [`Session::greet`] (`true` when
+//!    client bytes were already waiting), write the output.
+//! 2. By [`Session::phase`]:
+//!    - `Command`: [`Session::receive`] on the buffered input; drop the
+//!      consumed bytes; act on the [`Action`].
+//!    - `Body`: write new bytes to the spool file (unless told to discard),
+//!      pass them to [`Session::body`]; at `End`, the bytes after
+//!      `consumed` go back to the command buffer and the spool file is cut
+//!      to [`Transaction::body_len`].
+//!    - `Bdat`: pass buffered bytes (even none) to [`Session::bdat_chunk`];
+//!      dot-stuff the consumed bytes into the spool when `store`.
+//!    - `AwaitCommit`: read nothing; call [`Session::committed`] when the
+//!      group commit is done, then continue with the buffered input.
+//!    - `Closed`: write the output, close.
+//! 3. Write [`Session::output`] when the input is drained and on `Flush`,
+//!    `StartBody`, `Commit` and `Close`.
+//! 4. Arm the timer from [`Session::timeout_kind`]; on expiry call
+//!    [`Session::timeout`]. On server stop call [`Session::shutdown`].
+//!
 //! # Pipelining enforcement
 //! Like Postfix's `smtpd_forbid_unauth_pipelining`: if the input given to
 //! one [`Session::receive`] call holds more bytes after a command that must

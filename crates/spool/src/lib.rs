@@ -1,10 +1,12 @@
 //! Millrace spool: durable, mmap'd message files with group-commit
 //! fsync, a lock file and a startup recovery scan.
 //!
-//! Each message is one file, `<dir>/q/<XX>/<ID>` (`XX` = the id's low
-//! byte in hex), created with `O_EXCL`. The receiver writes the body
-//! straight into a mapping of the file ([`Incoming::spare`] /
-//! [`Incoming::advance`]); [`Spool::commit`] appends the envelope and a
+//! Each message is one file, `<dir>/q/<XX>/<ID>`, created with
+//! `O_EXCL`; `XX` comes from the arrival time and changes about once a
+//! second, so one group commit usually fsyncs one directory. The
+//! receiver writes the body straight into a mapping of the file
+//! ([`Incoming::spare`] / [`Incoming::advance`]); [`Spool::commit`]
+//! appends the envelope and a
 //! checksummed trailer and hands the file to a committer thread, which
 //! `fdatasync`s every file finished in the same window, fsyncs each
 //! directory touched, and only then reports success. A file is

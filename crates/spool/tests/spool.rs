@@ -354,10 +354,10 @@ fn concurrent_committers_all_recovered() {
 }
 
 #[test]
-fn async_commit_callbacks_and_writeback_method() {
+fn async_commit_callbacks_and_fdatasync_method() {
     let dir = tempfile::tempdir().unwrap();
     let spool =
-        Spool::open_with(dir.path(), opts(), SyncMethod::WritebackFirst)
+        Spool::open_with(dir.path(), opts(), SyncMethod::FdatasyncEach)
             .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let mut expected = Vec::new();

@@ -5,6 +5,14 @@
 //! `threads` concurrent committers; criterion's "elements" throughput
 //! is messages per second. With group commit, messages/s should exceed
 //! 1 / (fdatasync latency) once more than one committer is active.
+//!
+//! Measured (ext4 on a virtio disk, 2 cores, other builds running):
+//! baseline 1 KiB append + fdatasync 223 µs (4.5k/s). Messages/s:
+//!
+//! | method         | 1 KiB x1 | 1 KiB x20 | 100 KiB x1 | 100 KiB x20 |
+//! |----------------|----------|-----------|------------|-------------|
+//! | FdatasyncEach  | 1.64k    | 3.82k     | 1.34k      | 2.66k       |
+//! | WritebackFirst | 1.67k    | 6.25k     | 1.25k      | 3.15k       |
 
 use std::fs::File;
 use std::io::Write;

@@ -415,7 +415,16 @@ impl Stats {
 
     /// Counts the end of a transaction that did not get its 250.
     fn txn_refused(&mut self, txn: &Txn) {
-        let code = txn.fail_code.or(txn.rcpt_fail).unwrap_or(554);
+        // The first refusal decides: MAIL's, else (when every recipient
+        // was refused) the recipients', else DATA's or the dot's.
+        let code = if !txn.mail_ok {
+            txn.fail_code
+        } else if txn.accepted == 0 {
+            txn.rcpt_fail.or(txn.fail_code)
+        } else {
+            txn.fail_code.or(txn.rcpt_fail)
+        };
+        let code = code.unwrap_or(554);
         if (400..500).contains(&code) {
             self.deferred += 1;
         } else {
@@ -1066,15 +1075,15 @@ impl Engine {
     }
 
     fn on_eof(&mut self, idx: usize, now: Instant) {
-        let has_more = self.sched.has_more(now);
-        let Some(conn) = self.conn(idx) else { return };
-        let benign = conn.quitting
-            || (conn.expect.is_empty() && conn.txn.is_none() && !has_more);
-        if benign {
-            self.close(idx);
-        } else {
-            self.fail(idx, Failure::Closed, now);
-        }
+        self.fail(idx, Failure::Closed, now);
+    }
+
+    /// True when losing the connection in `idx` loses nothing: it was
+    /// saying QUIT, or has no message and none will come.
+    fn nothing_to_lose(&self, idx: usize, now: Instant) -> bool {
+        self.slots[idx].conn.as_ref().is_some_and(|c| {
+            c.quitting || (c.txn.is_none() && !self.sched.has_more(now))
+        })
     }
 
     /// Drops the connection in `idx`.
@@ -1103,6 +1112,11 @@ impl Engine {
     /// 421). Reconnects when work remains, unless this slot keeps failing
     /// or never connected.
     fn fail(&mut self, idx: usize, f: Failure, now: Instant) {
+        if matches!(f, Failure::Closed | Failure::ReplyTimeout)
+            && self.nothing_to_lose(idx, now)
+        {
+            return self.close(idx);
+        }
         let Some(conn) = self.drop_conn(idx) else { return };
         self.stats.count_failure(f);
         if let Some(txn) = conn.txn {

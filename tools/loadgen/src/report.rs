@@ -272,6 +272,9 @@ pub struct SinkErrors {
 pub struct SinkReport {
     /// Wall time of the run in seconds.
     pub elapsed_secs: f64,
+    /// Seconds from the first connection to the last message accepted;
+    /// the rates are per this time.
+    pub active_secs: f64,
     /// Connections accepted.
     pub connections: u64,
     /// Messages accepted.
@@ -307,9 +310,10 @@ impl fmt::Display for SinkReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "sink: {} messages in {:.3} s: {:.1} msg/s, {:.3} MB/s{}",
+            "sink: {} messages in {:.3} s (first connection to last \
+             message): {:.1} msg/s, {:.3} MB/s{}",
             self.messages,
-            self.elapsed_secs,
+            self.active_secs,
             self.messages_per_sec,
             self.mb_per_sec,
             if self.interrupted { " (interrupted)" } else { "" }

@@ -37,7 +37,8 @@ const LISTENER: Token = Token(usize::MAX);
 const OUT_LIMIT: usize = 256 * 1024;
 /// Recipients accepted in one transaction before 452 4.5.3.
 const MAX_RECIPIENTS: u32 = 100_000;
-/// How long the sink keeps flushing replies after `expect` was reached.
+/// How long the sink keeps serving open connections (so clients get
+/// their last replies and can say QUIT) after `expect` was reached.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// A scripted answer: recipients whose address matches `pattern` get
@@ -391,6 +392,8 @@ impl Conn {
 
 #[derive(Debug, Default)]
 struct Counters {
+    first_connection: Option<Instant>,
+    last_message: Option<Instant>,
     connections: u64,
     messages: u64,
     recipients: u64,
@@ -613,6 +616,7 @@ impl Shared {
             c.messages += 1;
             c.recipients += u64::from(txn.accepted);
             c.bytes += len;
+            c.last_message = Some(Instant::now());
             if self.expect.is_some_and(|n| c.messages >= n) {
                 self.done = true;
             }
@@ -719,16 +723,24 @@ impl Engine {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = self.start + Duration::from_secs(1);
         let mut interrupted = false;
+        let mut drain_until = None;
         loop {
             if opts.stop.load(Ordering::Relaxed) {
                 interrupted = true;
                 break;
             }
-            if self.shared.done {
-                self.drain(&mut events)?;
-                break;
-            }
             let now = Instant::now();
+            if self.shared.done {
+                // Accept no more; let open sessions finish, briefly.
+                let until = *drain_until.get_or_insert_with(|| {
+                    let _ =
+                        self.poll.registry().deregister(&mut self.listener);
+                    now + DRAIN_TIME
+                });
+                if self.conns.is_empty() || now >= until {
+                    break;
+                }
+            }
             let mut wake = next_tick.min(now + Duration::from_millis(100));
             if let Some(Reverse((t, _, _))) = self.shared.timers.peek() {
                 wake = wake.min(*t);
@@ -804,15 +816,19 @@ impl Engine {
 
     fn report(&self, interrupted: bool) -> SinkReport {
         let c = &self.shared.counters;
-        let secs = self.start.elapsed().as_secs_f64();
+        let active = match (c.first_connection, c.last_message) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
         SinkReport {
-            elapsed_secs: secs,
+            elapsed_secs: self.start.elapsed().as_secs_f64(),
+            active_secs: active,
             connections: c.connections,
             messages: c.messages,
             recipients: c.recipients,
             bytes: c.bytes,
-            messages_per_sec: per_sec(c.messages, secs),
-            mb_per_sec: per_sec(c.bytes, secs) / 1e6,
+            messages_per_sec: per_sec(c.messages, active),
+            mb_per_sec: per_sec(c.bytes, active) / 1e6,
             replies: STAGES
                 .iter()
                 .zip(&c.codes)
@@ -824,40 +840,16 @@ impl Engine {
         }
     }
 
-    /// After `expect` was reached: keep writing queued replies for a
-    /// moment so the last client sees its 250.
-    fn drain(&mut self, events: &mut Events) -> Result<(), LoadError> {
-        let deadline = Instant::now() + DRAIN_TIME;
-        loop {
-            let keys: Vec<usize> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.unsent() > 0)
-                .map(|(k, _)| k)
-                .collect();
-            for &k in &keys {
-                self.flush(k);
-            }
-            let now = Instant::now();
-            if now >= deadline
-                || self.conns.iter().all(|(_, c)| c.unsent() == 0)
-            {
-                return Ok(());
-            }
-            let t = deadline.min(now + Duration::from_millis(50)) - now;
-            if let Err(e) = self.poll.poll(events, Some(t))
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                return Err(LoadError::Poll(e));
-            }
-        }
-    }
-
     fn accept_all(&mut self, now: Instant) {
+        if self.shared.done {
+            return;
+        }
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
-                    self.shared.counters.connections += 1;
+                    let c = &mut self.shared.counters;
+                    c.connections += 1;
+                    c.first_connection.get_or_insert(now);
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();

@@ -79,7 +79,11 @@ fn baseline_fdatasync(c: &mut Criterion) {
 }
 
 fn commit(c: &mut Criterion) {
-    for method in [SyncMethod::FdatasyncEach, SyncMethod::WritebackFirst] {
+    for method in [
+        SyncMethod::FdatasyncEach,
+        SyncMethod::WritebackFirst,
+        SyncMethod::Syncfs,
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let spool =
             Spool::open_with(dir.path(), SpoolOptions::default(), method)

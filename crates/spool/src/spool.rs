@@ -51,12 +51,20 @@ impl Default for SpoolOptions {
 pub enum SyncMethod {
     /// `fdatasync` each file of the batch in turn.
     FdatasyncEach,
+    /// One `syncfs(2)` on the spool's file system per batch: a single
+    /// journal commit makes every file of the batch (data, inode and
+    /// directory entry) durable at once. The default: measured about 3x
+    /// the messages/s of `WritebackFirst` with 20 committers on ext4
+    /// (see `benches/commit.rs`). It also flushes other dirty data on
+    /// the same file system, so give the spool a file system of its
+    /// own on a busy machine.
+    #[default]
+    Syncfs,
     /// Start writeback of every file (`sync_file_range`), then
     /// `fdatasync` each, so the data I/O of the batch is in flight
     /// together. The default: measured about 2x faster than
     /// `FdatasyncEach` with 20 committers and 1 KiB bodies on ext4
     /// (see `benches/commit.rs`).
-    #[default]
     WritebackFirst,
 }
 
@@ -96,6 +104,8 @@ struct Shared {
     /// Whether each fan-out directory's own entry in `q` is durable.
     fan_durable: [AtomicBool; 256],
     method: SyncMethod,
+    /// The `q` directory, open: the handle `syncfs` is called on.
+    root_dir: File,
 }
 
 impl Shared {
@@ -176,10 +186,12 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("create", &q)(e)),
         }
+        let root_dir = File::open(&q).map_err(io_err("open", &q))?;
         let shared = Shared {
             q: q.clone(),
             fan_durable: std::array::from_fn(|_| AtomicBool::new(false)),
             method,
+            root_dir,
         };
         // Fan-out directories present now become durable with the
         // fsync of `q` below.
@@ -573,6 +585,24 @@ fn sync_batch(
     dirs: &mut HashMap<u8, File>,
     batch: &mut [Job],
 ) {
+    if shared.method == SyncMethod::Syncfs {
+        if let Err(e) = sys::syncfs(&shared.root_dir) {
+            for job in batch.iter_mut() {
+                if job.result.is_ok() {
+                    let e = io::Error::new(e.kind(), e.to_string());
+                    job.result = Err(io_err("syncfs", &job.path)(e));
+                }
+            }
+        } else {
+            // Everything on the file system is durable, fan-out
+            // directories included.
+            for job in batch.iter() {
+                shared.fan_durable[usize::from(job.id.fan())]
+                    .store(true, Ordering::Relaxed);
+            }
+        }
+        return;
+    }
     if shared.method == SyncMethod::WritebackFirst {
         for job in batch.iter() {
             if let (Ok(()), Some(f)) = (&job.result, &job.file) {

@@ -6,6 +6,7 @@
 
 mod config;
 mod events;
+mod relay;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,12 +116,13 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_failure(args.config.as_deref(), &e),
             };
-            eprintln!(
-                "millrace: serve is not wired yet ({} {:?})",
-                cfg.effective_hostname(),
-                cfg.listen
-            );
-            ExitCode::FAILURE
+            match relay::serve(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("millrace: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The inbound side of Millrace: the SMTP session state machine that
-//! accepts mail from clients, and (in `conn`, later) the glue that binds it
-//! to the reactor and the spool.
+//! accepts mail from clients, and (in [`conn`]) the glue that binds it
+//! to the reactor and the spool ([`conn`]).
 //!
 //! [`Session`] is sans-IO: it takes bytes, events (timeout, shutdown,
 //! commit finished) and produces reply bytes plus [`Action`]s. It never
@@ -30,12 +30,14 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 mod replies;
 mod session;
 
 pub use config::SessionConfig;
+pub use conn::{Hooks, Inbound, InboundConfig, InboundMsg, InboundShared};
 pub use ipnet::IpNet;
 pub use replies::{SessionError, error_reply};
 pub use session::{

@@ -593,11 +593,17 @@ impl Session {
         self.state = State::Closed;
     }
 
-    /// Queues the error reply; counts it; at `max_errors` adds `421 4.7.0`
-    /// and closes. Returns `Some(Close)` when the session closed.
+    /// Queues the error reply and counts it; the error that reaches
+    /// `max_errors` is answered `421 4.7.0` instead, and the session
+    /// closes. Returns `Some(Close)` when the session closed.
     fn fail(&mut self, err: SessionError) -> Option<Action> {
         if err.is_fatal() {
             self.fatal(err);
+            return Some(Action::Close);
+        }
+        if err.counts() && self.errors + 1 >= self.cfg.max_errors {
+            self.errors += 1;
+            self.fatal(SessionError::TooManyErrors);
             return Some(Action::Close);
         }
         self.push(&error_reply(&err, &self.cfg.hostname));

@@ -2,4 +2,5 @@
 //! loopback port and talk SMTP to it over TCP.
 
 mod inbound;
+mod recovery;
 mod util;

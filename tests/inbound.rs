@@ -9,7 +9,10 @@ fn greeting_ehlo_helo() {
     let mut s = Smtp::connect(relay.addr);
     let (code, lines) = s.reply();
     assert_eq!(code, 220);
-    assert!(lines[0].starts_with("relay.test.example ESMTP Millrace"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("relay.test.example ESMTP Millrace"),
+        "{lines:?}"
+    );
     s.send(b"EHLO client.example\r\n");
     let (code, lines) = s.reply();
     assert_eq!(code, 250);
@@ -41,7 +44,10 @@ fn the_whole_table() {
     s.expect("MAIL FROM:<a@example.org> FROBNICATE=1", "555 5.5.4");
     s.expect("MAIL FROM:<>", "250 2.1.0");
     s.expect("MAIL FROM:<a@example.org>", "503 5.5.1");
-    s.expect("RCPT TO:<@hosta.example,@hostb.example:b@example.net>", "250 2.1.5");
+    s.expect(
+        "RCPT TO:<@hosta.example,@hostb.example:b@example.net>",
+        "250 2.1.5",
+    );
     s.expect("RSET", "250 2.0.0");
     s.expect("NOOP", "250 2.0.0");
     s.expect("VRFY Smith", "252 2.5.2");
@@ -49,7 +55,12 @@ fn the_whole_table() {
     // A fresh session: the errors below would otherwise reach the limit.
     let mut s = relay.connect();
     s.expect("EXPN Example-People", "502 5.5.1");
-    for obsolete in ["SEND FROM:<a@example.org>", "SOML FROM:<a@example.org>", "SAML FROM:<a@example.org>", "TURN"] {
+    for obsolete in [
+        "SEND FROM:<a@example.org>",
+        "SOML FROM:<a@example.org>",
+        "SAML FROM:<a@example.org>",
+        "TURN",
+    ] {
         s.expect(obsolete, "502 5.5.1");
     }
     s.expect("HELP", "214");
@@ -71,7 +82,10 @@ fn transaction_is_queued_and_logged() {
         &["rcpt@example.net"],
         "Subject: hi\r\n\r\nhello\r\n",
     );
-    assert!(id.len() >= 12 && id.chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
+    assert!(
+        id.len() >= 12 && id.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
     let ev = relay.wait_events("Reception", 1);
     assert_eq!(ev[0]["id"], id.as_str());
     assert_eq!(ev[0]["sender"], "sender@example.org");
@@ -126,7 +140,10 @@ fn size_limit_in_data_keeps_the_session_usable() {
 #[test]
 fn smuggling_variants_never_queue_a_second_message() {
     let relay = Relay::start("");
-    for (i, v) in ["\n.\r\n", "\r\n.\n", "\n.\n", "\r.\r\n", "\r\n.\r"].iter().enumerate() {
+    for (i, v) in ["\n.\r\n", "\r\n.\n", "\n.\n", "\r.\r\n", "\r\n.\r"]
+        .iter()
+        .enumerate()
+    {
         let mut s = relay.connect();
         s.expect("EHLO client.example", "250");
         s.expect("MAIL FROM:<a@example.org>", "250");
@@ -142,7 +159,10 @@ fn smuggling_variants_never_queue_a_second_message() {
         // Either refused outright (bare line ending) or queued as ONE message.
         assert!(code == 550 || code == 250, "variant {v:?}: {code} {lines:?}");
         if code == 550 {
-            assert!(lines[0].starts_with("5.6.0") || lines[0].starts_with("5.5.2"), "{lines:?}");
+            assert!(
+                lines[0].starts_with("5.6.0") || lines[0].starts_with("5.5.2"),
+                "{lines:?}"
+            );
         }
         // The session is still in the command phase: nothing smuggled runs.
         s.expect("NOOP", "250");
@@ -258,7 +278,9 @@ fn two_thousand_idle_connections_then_a_transaction() {
     }
     let after = rss_kib(pid);
     let per_conn = (after.saturating_sub(before)) * 1024 / 2000;
-    eprintln!("RSS per idle connection: {per_conn} bytes ({before} -> {after} KiB)");
+    eprintln!(
+        "RSS per idle connection: {per_conn} bytes ({before} -> {after} KiB)"
+    );
     assert!(per_conn < 16 * 1024, "{per_conn} bytes per idle connection");
     let mut s = relay.connect();
     s.expect("EHLO client.example", "250");
@@ -282,7 +304,11 @@ fn sigterm_says_421_and_exits_zero() {
 fn check_config_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "threads = 1\n[delivery]\nmax_queue_lifetime = \"1d\"\n").unwrap();
+    std::fs::write(
+        &good,
+        "threads = 1\n[delivery]\nmax_queue_lifetime = \"1d\"\n",
+    )
+    .unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[timeouts]\ncommand = \"soon\"\n").unwrap();
     let run = |p: &std::path::Path| {

@@ -169,7 +169,8 @@ impl Relay {
     /// Stops the relay and hands back its directory (same spool).
     pub fn into_dir(mut self) -> tempfile::TempDir {
         self.kill();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let dir =
+            std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         dir
     }
 
@@ -243,7 +244,10 @@ impl Smtp {
             let mut line = String::new();
             let n = self.r.read_line(&mut line).expect("read reply");
             assert!(n > 0, "connection closed while reading a reply");
-            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            assert!(
+                line.ends_with("\r\n"),
+                "reply line without CRLF: {line:?}"
+            );
             let code: u16 = line[..3].parse().expect("reply code");
             let sep = line.as_bytes().get(3).copied().unwrap_or(b' ');
             lines.push(line[4.min(line.len())..].trim_end().to_owned());
@@ -265,7 +269,10 @@ impl Smtp {
     pub fn expect(&mut self, line: &str, expect: &str) -> String {
         let (code, text) = self.cmd(line);
         let got = format!("{code} {text}");
-        assert!(got.starts_with(expect), "{line:?}: expected {expect:?}, got {got:?}");
+        assert!(
+            got.starts_with(expect),
+            "{line:?}: expected {expect:?}, got {got:?}"
+        );
         got
     }
 
@@ -276,7 +283,12 @@ impl Smtp {
     }
 
     /// A whole transaction; returns the queue id from the 250 after DATA.
-    pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+    pub fn send_mail(
+        &mut self,
+        from: &str,
+        to: &[&str],
+        body: &str,
+    ) -> String {
         self.expect(&format!("MAIL FROM:<{from}>"), "250");
         for t in to {
             self.expect(&format!("RCPT TO:<{t}>"), "250");

@@ -88,7 +88,8 @@ impl Sink {
 
     /// Sets the EHLO keywords after PIPELINING (default: DSN).
     pub fn set_ehlo_extra(&self, kws: &[&str]) {
-        *self.ehlo_extra.lock().unwrap() = kws.iter().map(|s| s.to_string()).collect();
+        *self.ehlo_extra.lock().unwrap() =
+            kws.iter().map(|s| s.to_string()).collect();
     }
 
     /// Messages received so far.
@@ -99,12 +100,21 @@ impl Sink {
     /// Number of accepted deliveries to `rcpt`.
     pub fn count_for(&self, rcpt: &str) -> usize {
         let st = self.state.lock().unwrap();
-        st.received.iter().filter(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt))).count()
+        st.received
+            .iter()
+            .filter(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
+            .count()
     }
 
     /// How many RCPT commands named `rcpt`.
     pub fn rcpt_attempts(&self, rcpt: &str) -> usize {
-        *self.state.lock().unwrap().rcpt_attempts.get(&rcpt.to_ascii_lowercase()).unwrap_or(&0)
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .rcpt_attempts
+            .get(&rcpt.to_ascii_lowercase())
+            .unwrap_or(&0)
     }
 
     /// Connections accepted so far.
@@ -151,7 +161,8 @@ impl Sink {
             let l = line.trim_end();
             let up = l.to_ascii_uppercase();
             let reply: String = if up.starts_with("EHLO") {
-                let mut s = String::from("250-sink.test\r\n250-PIPELINING\r\n");
+                let mut s =
+                    String::from("250-sink.test\r\n250-PIPELINING\r\n");
                 for k in self.ehlo_extra.lock().unwrap().iter() {
                     s.push_str(&format!("250-{k}\r\n"));
                 }

@@ -370,3 +370,32 @@ impl Smtp {
         }
     }
 }
+
+#[test]
+fn bdat_chunks_are_stored_dot_stuffed() {
+    let relay = Relay::start("");
+    let mut s = relay.connect();
+    s.send(b"EHLO client.example\r\n");
+    let (_, caps) = s.reply();
+    assert!(caps.iter().any(|c| c == "CHUNKING"), "{caps:?}");
+    s.expect("MAIL FROM:<a@example.org>", "250");
+    s.expect("RCPT TO:<b@example.net>", "250");
+    s.send(b"BDAT 11\r\n.dot\r\nhel");
+    assert_eq!(s.reply().0, 250);
+    s.send(b"BDAT 4 LAST\r\nlo\r\n");
+    let (code, lines) = s.reply();
+    assert_eq!(code, 250, "{lines:?}");
+    let id: millrace_spool::MessageId =
+        crate::util::queue_id(&lines[0]).parse().unwrap();
+    s.expect("QUIT", "221");
+    let spool_dir = relay.spool.clone();
+    let _dir = relay.into_dir();
+    let spool = millrace_spool::Spool::open(
+        &spool_dir,
+        millrace_spool::SpoolOptions::default(),
+    )
+    .unwrap();
+    spool.recover().unwrap();
+    let m = spool.open_message(id).unwrap();
+    assert_eq!(m.body(), b"..dot\r\nhello\r\n");
+}

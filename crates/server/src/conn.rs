@@ -300,7 +300,8 @@ impl Inbound {
                 true
             }
             Action::Commit(tx) => {
-                self.commit(key, *tx);
+                // Only BDAT LAST 0 can commit from the command phase.
+                self.commit(key, *tx, false);
                 false
             }
             Action::Close => false,
@@ -448,7 +449,7 @@ impl Inbound {
         rest.extend_from_slice(&c.input);
         c.input = rest;
         match action {
-            Action::Commit(tx) => self.commit(key, *tx),
+            Action::Commit(tx) => self.commit(key, *tx, true),
             _ => c.spool = None,
         }
     }
@@ -492,7 +493,7 @@ impl Inbound {
                         }
                     }
                 }
-                self.commit(key, *tx);
+                self.commit(key, *tx, false);
                 false
             }
             Action::Close => false,
@@ -502,7 +503,11 @@ impl Inbound {
     }
 
     /// Hands the message to the group commit; the session waits.
-    fn commit(&mut self, key: usize, tx: Transaction) {
+    /// `from_data`: the file holds a DATA body followed by the terminator
+    /// and maybe pipelined bytes, cut at the body's end. (BDAT data is
+    /// stored dot-stuffed, so its `body_len`, counted in raw octets, is
+    /// not the stored length.)
+    fn commit(&mut self, key: usize, tx: Transaction, from_data: bool) {
         let thread = self.thread;
         let c = &mut self.conns[key];
         let serial = c.serial;
@@ -510,17 +515,17 @@ impl Inbound {
             c.session.committed(Err(()));
             return;
         };
-        // For DATA, the file holds body + terminator + pipelined bytes;
-        // keep the body only.
-        if let Ok(len) = usize::try_from(tx.body_len) {
-            if len <= inc.written().len() {
-                inc.truncate(len);
+        if from_data {
+            if let Ok(len) = usize::try_from(tx.body_len) {
+                if len <= inc.written().len() {
+                    inc.truncate(len);
+                }
             }
         }
         let now = unix_now();
         let id = inc.id();
         let env = envelope(&tx, &self.shared.cfg.session.hostname, id, now);
-        let size = tx.body_len;
+        let size = inc.written().len() as u64;
         let shared = Arc::clone(&self.shared);
         let env = Arc::new(env);
         let env2 = Arc::clone(&env);

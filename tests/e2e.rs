@@ -1,6 +1,9 @@
 //! End-to-end tests: start the real `millrace` binary on an ephemeral
 //! loopback port and talk SMTP to it over TCP.
 
+// Helpers are `pub` for use across the test modules of this one binary.
+#![allow(unreachable_pub)]
+
 mod inbound;
 mod recovery;
 mod util;

@@ -334,7 +334,7 @@ fn check_config_exit_codes() {
 }
 
 /// Resident set size of a process in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -343,7 +343,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Raises this process's open-file soft limit to the hard limit.
-pub fn raise_nofile() {
+fn raise_nofile() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
     unsafe {
@@ -380,7 +380,7 @@ fn bdat_chunks_are_stored_dot_stuffed() {
     assert!(caps.iter().any(|c| c == "CHUNKING"), "{caps:?}");
     s.expect("MAIL FROM:<a@example.org>", "250");
     s.expect("RCPT TO:<b@example.net>", "250");
-    s.send(b"BDAT 11\r\n.dot\r\nhel");
+    s.send(b"BDAT 9\r\n.dot\r\nhel");
     assert_eq!(s.reply().0, 250);
     s.send(b"BDAT 4 LAST\r\nlo\r\n");
     let (code, lines) = s.reply();

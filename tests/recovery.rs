@@ -16,7 +16,9 @@ fn sigkill_mid_injection_loses_nothing_acknowledged() {
     let mut relay = Relay::start(
         "[delivery]\nsmarthost = \"127.0.0.1:9\"\nretry_intervals = [\"1h\"]",
     );
-    let acked: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    // (queue id, body as sent) for every 250 received.
+    type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for t in 0..8 {

@@ -169,9 +169,7 @@ impl Relay {
     /// Stops the relay and hands back its directory (same spool).
     pub fn into_dir(mut self) -> tempfile::TempDir {
         self.kill();
-        let dir =
-            std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// Files in the spool that look like messages.

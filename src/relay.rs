@@ -2,11 +2,18 @@
 //! reactor, the event log, and the graceful stop on SIGTERM / SIGINT.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use millrace_reactor::{Reactor, ReactorConfig};
+use millrace_delivery::driver::{
+    DeliveryMsg, DriverConfig, DriverShared, Outbound,
+};
+use millrace_delivery::{Dns, NextHop};
+use millrace_queue::{
+    Destination, Dispatcher, Events, Job, Queue, QueueConfig, QueueEvent,
+};
+use millrace_reactor::{Reactor, ReactorConfig, Remote};
 use millrace_server::{
     Hooks, Inbound, InboundConfig, InboundShared, IpNet, SessionConfig,
 };
@@ -18,9 +25,108 @@ use crate::events::{EventLog, fields};
 /// How long a graceful stop waits for transactions in progress.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long one DNS query attempt may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long we wait for a reply from a next hop.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What the inbound side reports: the Reception event, then the queue.
 struct RelayHooks {
     log: Arc<EventLog>,
+    queue: Queue,
+}
+
+/// Maps a recipient domain to its next hop key for the queue.
+struct QueueRouter(millrace_delivery::Router);
+
+impl millrace_queue::Router for QueueRouter {
+    fn destination(&self, domain: &str) -> Destination {
+        match self.0.next_hop(domain) {
+            NextHop::Route(h) => Destination::new(&format!("route:{h}")),
+            NextHop::Smarthost(h) => {
+                Destination::new(&format!("smarthost:{h}"))
+            }
+            NextHop::Mx(d) => Destination::new(&format!("mx:{d}")),
+        }
+    }
+}
+
+/// Hands new connections to the delivery threads, each destination
+/// always to the same thread, so that a thread's idle connection to a
+/// destination is reused for its next job.
+struct ByDestination {
+    remotes: OnceLock<Vec<Remote<DeliveryMsg>>>,
+}
+
+impl Dispatcher for ByDestination {
+    fn dispatch(&self, job: Job) {
+        use std::hash::{Hash, Hasher};
+        let Some(r) = self.remotes.get() else { return };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        job.dest.as_str().hash(&mut h);
+        let i = (h.finish() % r.len() as u64) as usize;
+        let _ = r[i].send(DeliveryMsg::Job(job));
+    }
+}
+
+/// Queue decisions as JSON event lines.
+struct QueueLog(Arc<EventLog>);
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut s = String::new();
+    millrace_proto::date::write_rfc3339(secs as i64, &mut s);
+    s
+}
+
+impl Events for QueueLog {
+    fn event(&self, e: QueueEvent) {
+        let log = &self.0;
+        match e {
+            QueueEvent::Delivery { id, rcpt, remote, reply } => log.emit(
+                "Delivery",
+                Some(&id.to_string()),
+                fields! {"recipient" => rcpt, "remote" => remote, "reply" => reply},
+            ),
+            QueueEvent::TransientFailure {
+                id,
+                rcpt,
+                remote,
+                reply,
+                next_attempt,
+            } => log.emit(
+                "TransientFailure",
+                Some(&id.to_string()),
+                fields! {
+                    "recipient" => rcpt,
+                    "remote" => remote,
+                    "reply" => reply,
+                    "next_attempt" => rfc3339(next_attempt),
+                },
+            ),
+            QueueEvent::Bounce { id, rcpt, remote, reply } => log.emit(
+                "Bounce",
+                Some(&id.to_string()),
+                fields! {"recipient" => rcpt, "remote" => remote, "reply" => reply},
+            ),
+            QueueEvent::Expiration { id, rcpt, reply } => log.emit(
+                "Expiration",
+                Some(&id.to_string()),
+                fields! {"recipient" => rcpt, "reply" => reply},
+            ),
+            QueueEvent::DelayWarning { id, rcpts, reply } => log.emit(
+                "DelayWarning",
+                Some(&id.to_string()),
+                fields! {"recipients" => rcpts, "reply" => reply},
+            ),
+            QueueEvent::StoreFailure { id, op, error } => log.emit(
+                "StoreFailure",
+                Some(&id.to_string()),
+                fields! {"op" => op, "error" => error},
+            ),
+        }
+    }
 }
 
 impl Hooks for RelayHooks {
@@ -38,6 +144,7 @@ impl Hooks for RelayHooks {
                 "helo" => env.helo.as_str(),
             },
         );
+        self.queue.enqueue(id, env);
     }
 }
 
@@ -77,6 +184,61 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         },
     );
 
+    // Outbound: DNS, the delivery threads, then the queue that feeds them.
+    let dns = Dns::start(&cfg.dns.resolvers, DNS_TIMEOUT)
+        .context("cannot start the DNS resolver")?;
+    let d = &cfg.delivery;
+    let helo_name = if d.helo_name.is_empty() {
+        hostname.clone()
+    } else {
+        d.helo_name.clone()
+    };
+    let driver = DriverShared::new(
+        DriverConfig {
+            helo_name,
+            connect_timeout: d.connect_timeout.0,
+            reply_timeout: REPLY_TIMEOUT,
+            max_messages_per_connection: d.max_messages_per_connection,
+        },
+        spool.clone(),
+        dns,
+    );
+    let factory_driver = Arc::clone(&driver);
+    let outbound = Reactor::start(
+        ReactorConfig {
+            threads: cfg.threads,
+            listen: Vec::new(),
+            backlog: 0,
+            name: "smtp".into(),
+        },
+        move |_| Outbound::new(Arc::clone(&factory_driver)),
+    )
+    .context("cannot start the delivery threads")?;
+    driver.set_remotes(outbound.remotes());
+    let dispatcher = Arc::new(ByDestination { remotes: OnceLock::new() });
+    let _ = dispatcher.remotes.set(outbound.remotes());
+    let router = millrace_delivery::Router::new(
+        cfg.routes.clone(),
+        Some(d.smarthost.clone()),
+    );
+    let queue = Queue::start(
+        QueueConfig {
+            retry_intervals: d.retry_intervals.iter().map(|i| i.0).collect(),
+            max_queue_lifetime: d.max_queue_lifetime.0,
+            delay_warning: Some(d.delay_warning.0).filter(|w| !w.is_zero()),
+            max_connections_per_destination: d.max_connections_per_destination,
+            max_messages_per_connection: d.max_messages_per_connection,
+            max_recipients_per_transaction: d.max_recipients_per_transaction,
+        },
+        Arc::new(spool.clone()),
+        Arc::new(QueueRouter(router)),
+        dispatcher,
+        Arc::new(QueueLog(Arc::clone(&log))),
+    )
+    .context("cannot start the queue")?;
+    driver.set_queue(queue.clone());
+    queue.load(recovery.committed.clone());
+
     let mynetworks = cfg
         .mynetworks
         .iter()
@@ -96,7 +258,8 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         chunking: true,
         max_pending_output: 64 * 1024,
     };
-    let hooks = Arc::new(RelayHooks { log: Arc::clone(&log) });
+    let hooks =
+        Arc::new(RelayHooks { log: Arc::clone(&log), queue: queue.clone() });
     let shared = InboundShared::new(
         InboundConfig {
             session: Arc::new(session),
@@ -135,6 +298,11 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
     log.emit("Stopping", None, fields! {});
     inbound.shutdown(STOP_GRACE);
     inbound.join();
+    // Deliveries in flight are dropped unacknowledged by us: the spool
+    // keeps them and a restart sends them again (at-least-once).
+    outbound.shutdown(Duration::ZERO);
+    outbound.join();
+    queue.shutdown();
     log.emit("Stopped", None, fields! {});
     Ok(())
 }

@@ -4,6 +4,7 @@
 // Helpers are `pub` for use across the test modules of this one binary.
 #![allow(unreachable_pub)]
 
+mod delivery;
 mod inbound;
 mod recovery;
 mod util;

@@ -6,7 +6,9 @@
 //! ends the body; `.CRLF` right after the 354 is an empty body. A bare CR
 //! or bare LF anywhere in the body is flagged (SMTP smuggling defence).
 
-use memchr::memchr2;
+use std::sync::LazyLock;
+
+use memchr::{memchr2, memmem};
 
 /// Result of scanning one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,21 +25,22 @@ pub enum Scan {
     },
 }
 
-/// At the start of a line: the body so far is empty or ends in CRLF.
-const LINE_START: u8 = 0;
-/// A `.` at the start of a line (pending: it may begin the end marker).
-const DOT: u8 = 1;
-/// `.CR` at the start of a line (pending).
-const DOT_CR: u8 = 2;
-/// Inside a line (also right after a bare CR or LF: those never start a
-/// line, so `\n.\r\n` cannot end the body).
-const MID: u8 = 3;
-/// A CR inside a line; an LF must follow.
-const CR: u8 = 4;
-/// The end marker was seen.
-const DONE: u8 = 5;
+/// The end-of-data marker, with the CRLF that ends the last body line.
+const END_MARKER: &[u8; 5] = b"\r\n.\r\n";
+
+/// The memmem searcher for [`END_MARKER`], built once.
+static END: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(END_MARKER));
 
 /// Incremental scanner for a DATA body; starts "at the start of a line".
+///
+/// Two passes over each chunk, both at memory speed: `memmem` finds the
+/// first `CRLF.CRLF` (the end: a bare CR or LF before it cannot hide it,
+/// and nothing else ends the body), then a branchless check of adjacent
+/// byte pairs (which the compiler vectorises) finds any LF not preceded by
+/// CR or CR not followed by LF. The last four bytes seen are kept so a
+/// marker split across chunks is found, and a virtual CRLF precedes the
+/// body so that `.CRLF` right after the 354 is an empty body.
 ///
 /// ```
 /// use millrace_proto::{BodyScanner, Scan};
@@ -49,9 +52,17 @@ const DONE: u8 = 5;
 /// ```
 #[derive(Debug, Clone)]
 pub struct BodyScanner {
-    state: u8,
+    /// The last bytes of the stream (at most 4), starting with a virtual
+    /// CRLF before the body.
+    tail: [u8; 4],
+    tail_len: usize,
+    /// Body stream bytes scanned so far (the virtual CRLF excluded).
+    seen: u64,
+    /// Body octets: final once done; while scanning, `seen` minus the
+    /// bytes that may still be the marker.
     octets: u64,
     bare: bool,
+    done: bool,
 }
 
 impl Default for BodyScanner {
@@ -60,97 +71,105 @@ impl Default for BodyScanner {
     }
 }
 
+/// True when an adjacent pair shows a bare line ending: LF not preceded
+/// by CR, or CR not followed by LF. `prev` is the byte before `buf`.
+fn bare_pairs(prev: u8, buf: &[u8]) -> bool {
+    let Some(&first) = buf.first() else { return false };
+    let bad = |x: u8, y: u8| {
+        ((y == b'\n') & (x != b'\r')) | ((x == b'\r') & (y != b'\n'))
+    };
+    if bad(prev, first) {
+        return true;
+    }
+    // Blocks keep the reduction short and allow an early exit; the inner
+    // loop has no branches and is vectorised.
+    const BLOCK: usize = 4096;
+    let mut start = 0;
+    while start + 1 < buf.len() {
+        let end = (start + BLOCK + 1).min(buf.len());
+        let (a, b) = (&buf[start..end - 1], &buf[start + 1..end]);
+        let mut acc = 0u8;
+        for (&x, &y) in a.iter().zip(b) {
+            acc |= u8::from(bad(x, y));
+        }
+        if acc != 0 {
+            return true;
+        }
+        start = end - 1;
+    }
+    false
+}
+
 impl BodyScanner {
     /// A scanner positioned just after the 354 reply.
     pub fn new() -> Self {
-        Self { state: LINE_START, octets: 0, bare: false }
+        Self {
+            tail: [b'\r', b'\n', 0, 0],
+            tail_len: 2,
+            seen: 0,
+            octets: 0,
+            bare: false,
+            done: false,
+        }
     }
 
     /// Scans the next chunk of input. After `Complete`, further calls
     /// return `Complete { consumed: 0 }`.
     pub fn scan(&mut self, chunk: &[u8]) -> Scan {
-        if self.state == DONE {
+        if self.done {
             return Scan::Complete { consumed: 0 };
         }
         let n = chunk.len();
-        let mut i = 0;
-        let mut state = self.state;
-        let mut octets = self.octets;
-        let mut bare = self.bare;
-        while i < n {
-            match state {
-                MID => match memchr2(b'\r', b'\n', &chunk[i..]) {
-                    None => {
-                        octets += (n - i) as u64;
-                        i = n;
-                    }
-                    Some(off) => {
-                        let j = i + off;
-                        octets += (j + 1 - i) as u64;
-                        if chunk[j] == b'\n' {
-                            // LF without CR: bare, and not a line start.
-                            bare = true;
-                        } else if j + 1 < n {
-                            // The common case: CR LF inside this chunk.
-                            if chunk[j + 1] == b'\n' {
-                                octets += 1;
-                                i = j + 2;
-                                state = LINE_START;
-                                continue;
-                            }
-                            bare = true;
-                        } else {
-                            state = CR;
-                        }
-                        i = j + 1;
-                    }
-                },
-                CR => {
-                    if chunk[i] == b'\n' {
-                        octets += 1;
-                        i += 1;
-                        state = LINE_START;
-                    } else {
-                        bare = true;
-                        state = MID;
-                    }
-                }
-                LINE_START => {
-                    if chunk[i] == b'.' {
-                        i += 1;
-                        state = DOT;
-                    } else {
-                        state = MID;
-                    }
-                }
-                DOT => {
-                    if chunk[i] == b'\r' {
-                        i += 1;
-                        state = DOT_CR;
-                    } else {
-                        // A stuffed or plain leading dot: body.
-                        octets += 1;
-                        state = MID;
-                    }
-                }
-                _ => {
-                    // DOT_CR
-                    if chunk[i] == b'\n' {
-                        self.state = DONE;
-                        self.octets = octets;
-                        self.bare = bare;
-                        return Scan::Complete { consumed: i + 1 };
-                    }
-                    // `.CR` then not LF: the CR is bare.
-                    octets += 2;
-                    bare = true;
-                    state = MID;
-                }
+        let tl = self.tail_len;
+        // A marker that starts in the tail and ends in this chunk.
+        let mut window = [0u8; 8];
+        let k = n.min(4);
+        window[..tl].copy_from_slice(&self.tail[..tl]);
+        window[tl..tl + k].copy_from_slice(&chunk[..k]);
+        let found = match END.find(&window[..tl + k]) {
+            Some(p) if p < tl => Some(p as i64 - tl as i64),
+            _ => END.find(chunk).map(|p| p as i64),
+        };
+        let prev = self.tail[tl - 1];
+        if let Some(p) = found {
+            // The body ends after the marker's CRLF, at chunk offset
+            // `p + 2` (negative: inside the previous chunk).
+            let body_end = p + 2;
+            if !self.bare && body_end > 0 {
+                self.bare = bare_pairs(prev, &chunk[..body_end as usize]);
             }
+            self.octets = (self.seen as i64 + body_end) as u64;
+            self.done = true;
+            return Scan::Complete { consumed: (p + 5) as usize };
         }
-        self.state = state;
-        self.octets = octets;
-        self.bare = bare;
+        if !self.bare {
+            self.bare = bare_pairs(prev, chunk);
+        }
+        self.seen += n as u64;
+        // Keep the last four bytes of the stream.
+        if n >= 4 {
+            self.tail.copy_from_slice(&chunk[n - 4..]);
+            self.tail_len = 4;
+        } else {
+            let mut t = [0u8; 8];
+            t[..tl].copy_from_slice(&self.tail[..tl]);
+            t[tl..tl + n].copy_from_slice(chunk);
+            let len = tl + n;
+            let keep = len.min(4);
+            self.tail[..keep].copy_from_slice(&t[len - keep..len]);
+            self.tail_len = keep;
+        }
+        // Bytes that may still turn out to be the marker: `.` or `.CR`
+        // after a CRLF.
+        let t = &self.tail[..self.tail_len];
+        let pending = if t.ends_with(b"\r\n.\r") {
+            2
+        } else if t.ends_with(b"\r\n.") {
+            1
+        } else {
+            0
+        };
+        self.octets = self.seen - pending;
         Scan::Partial
     }
 
@@ -170,7 +189,7 @@ impl BodyScanner {
 
     /// True once the end marker was seen.
     pub fn is_complete(&self) -> bool {
-        self.state == DONE
+        self.done
     }
 }
 

@@ -18,8 +18,9 @@ use millrace_spool::{Envelope, MessageId};
 use parking_lot::RwLock;
 
 use crate::types::{
-    Destination, Dispatcher, Events, Job, JobItem, Outcome, QueueConfig,
-    QueueError, QueueEvent, QueueStats, RcptOutcome, Router, Store,
+    Destination, Dispatcher, Events, Failure, Job, JobItem, Outcome,
+    QueueConfig, QueueError, QueueEvent, QueueStats, RcptOutcome, Router,
+    Store,
 };
 
 /// Reply text used when a message expires before any attempt finished.
@@ -362,6 +363,7 @@ impl<S: Store> QueueCore<S> {
             return;
         };
         let expiry = msg.arrival_ms.saturating_add(lifetime);
+        let mut failures = Vec::new();
         for o in outcomes {
             let Some(r) =
                 msg.rcpts.iter_mut().find(|r| r.idx == o.rcpt && !r.fin)
@@ -388,6 +390,13 @@ impl<S: Store> QueueCore<S> {
                 Outcome::Permanent { remote, reply } => {
                     r.fin = true;
                     newly.push(r.idx);
+                    failures.push(Failure {
+                        rcpt: r.idx,
+                        address: rcpt.clone(),
+                        remote: remote.clone(),
+                        reply: reply.clone(),
+                        expired: false,
+                    });
                     QueueEvent::Bounce { id, rcpt, remote, reply }
                 }
                 Outcome::Transient { remote, reply } => {
@@ -425,6 +434,13 @@ impl<S: Store> QueueCore<S> {
                     if expired || msg.retry_at == 0 {
                         r.fin = true;
                         newly.push(r.idx);
+                        failures.push(Failure {
+                            rcpt: r.idx,
+                            address: rcpt.clone(),
+                            remote,
+                            reply: reply.clone(),
+                            expired: true,
+                        });
                         QueueEvent::Expiration { id, rcpt, reply }
                     } else {
                         self.waiting += 1;
@@ -439,6 +455,9 @@ impl<S: Store> QueueCore<S> {
                 }
             };
             self.events.event(event);
+        }
+        if !failures.is_empty() {
+            self.events.failed(id, &failures);
         }
         self.finish(id, &newly);
         self.run(now);
@@ -615,13 +634,23 @@ impl<S: Store> QueueCore<S> {
         }
         let reply = msg.last_reply.as_deref().unwrap_or(NO_ATTEMPT).to_owned();
         let addrs = self.addresses(id);
+        let mut failures = Vec::with_capacity(newly.len());
         for &i in &newly {
+            let rcpt = address(&addrs, i);
+            failures.push(Failure {
+                rcpt: i,
+                address: rcpt.clone(),
+                remote: None,
+                reply: reply.clone(),
+                expired: true,
+            });
             self.events.event(QueueEvent::Expiration {
                 id,
-                rcpt: address(&addrs, i),
+                rcpt,
                 reply: reply.clone(),
             });
         }
+        self.events.failed(id, &failures);
         self.finish(id, &newly);
     }
 

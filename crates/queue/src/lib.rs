@@ -77,9 +77,9 @@ mod types;
 pub use crate::core::QueueCore;
 pub use crate::queue::Queue;
 pub use crate::types::{
-    Destination, Dispatcher, Events, Job, JobItem, LoadedMessage, Outcome,
-    QueueConfig, QueueError, QueueEvent, QueueStats, RcptOutcome, Router,
-    Store,
+    Destination, Dispatcher, Events, Failure, Job, JobItem, LoadedMessage,
+    Outcome, QueueConfig, QueueError, QueueEvent, QueueStats, RcptOutcome,
+    Router, Store,
 };
 
 #[cfg(test)]

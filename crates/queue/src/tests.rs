@@ -62,6 +62,7 @@ impl Router for MxRouter {
 struct Rec {
     jobs: Mutex<Vec<Job>>,
     events: Mutex<Vec<QueueEvent>>,
+    failed: Mutex<Vec<(MessageId, Vec<Failure>)>>,
 }
 impl Dispatcher for Rec {
     fn dispatch(&self, job: Job) {
@@ -71,6 +72,9 @@ impl Dispatcher for Rec {
 impl Events for Rec {
     fn event(&self, e: QueueEvent) {
         self.events.lock().push(e);
+    }
+    fn failed(&self, id: MessageId, failures: &[Failure]) {
+        self.failed.lock().push((id, failures.to_vec()));
     }
 }
 
@@ -540,4 +544,55 @@ fn bad_config_is_refused() {
         Arc::new(Rec::default()),
     );
     assert!(matches!(r, Err(QueueError::Config(_))));
+}
+
+#[test]
+fn failures_of_one_step_are_grouped_per_message() {
+    let mut h = harness(cfg());
+    h.add(1, &["a@x.net", "b@x.net", "c@x.net"], at(0));
+    let jobs = h.jobs();
+    let item = &jobs[0].items[0];
+    // a and c refused, b delivered, in one transaction.
+    let outcomes = item
+        .rcpts
+        .iter()
+        .map(|&r| RcptOutcome {
+            rcpt: r,
+            address: format!("rcpt{r}"),
+            outcome: outcome(if r == 1 { 250 } else { 550 }),
+        })
+        .collect();
+    h.core.report(item.id, outcomes, at(1));
+    let failed = h.rec.failed.lock().clone();
+    assert_eq!(failed.len(), 1, "one bounce per message per event");
+    let (id, f) = &failed[0];
+    assert_eq!(*id, mid(1));
+    let got: Vec<(u32, bool)> =
+        f.iter().map(|x| (x.rcpt, x.expired)).collect();
+    assert_eq!(got, vec![(0, false), (2, false)]);
+    assert_eq!(f[0].reply, "550 test");
+    assert_eq!(f[0].remote.as_deref(), Some("sink"));
+    // Reported before the store forgets the message.
+    assert_eq!(h.deleted(), vec![mid(1)]);
+}
+
+#[test]
+fn expiry_is_one_grouped_failure() {
+    let mut c = cfg();
+    c.max_queue_lifetime = Duration::from_secs(300);
+    c.max_connections_per_destination = 1;
+    let mut h = harness(c);
+    h.add(1, &["busy@x.net"], at(0));
+    h.add(2, &["a@y.net", "b@y.net"], at(0));
+    for j in h.jobs() {
+        if j.dest == dest("mx:y.net") {
+            h.finish(&j, 451, at(1));
+        }
+    }
+    h.core.tick(at(300));
+    let failed = h.rec.failed.lock().clone();
+    let two: Vec<_> = failed.iter().filter(|(id, _)| *id == mid(2)).collect();
+    assert_eq!(two.len(), 1, "{failed:?}");
+    assert_eq!(two[0].1.len(), 2);
+    assert!(two[0].1.iter().all(|f| f.expired && f.reply == "451 test"));
 }

@@ -217,10 +217,34 @@ pub enum QueueEvent {
     },
 }
 
+/// One recipient that failed for good (for the bounce composer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Index into the envelope's recipients.
+    pub rcpt: u32,
+    /// The recipient address.
+    pub address: String,
+    /// The host that gave the reply, if one was reached.
+    pub remote: Option<String>,
+    /// The last reply (remote or synthetic).
+    pub reply: String,
+    /// True when it expired (still deferred at `max_queue_lifetime`),
+    /// false when it was refused permanently.
+    pub expired: bool,
+}
+
 /// Receives queue events.
 pub trait Events: Send + Sync + 'static {
     /// One event; called on the scheduler thread, must not block long.
     fn event(&self, e: QueueEvent);
+
+    /// Every recipient of message `id` that became a final failure in one
+    /// step (a transaction's outcomes, or an expiry), after their
+    /// `Bounce` / `Expiration` events and before the message may be
+    /// deleted from the store: one bounce per message per event.
+    fn failed(&self, id: MessageId, failures: &[Failure]) {
+        let _ = (id, failures);
+    }
 }
 
 /// A snapshot of the queue's size.

@@ -4,6 +4,7 @@
 //! `millrace check-config FILE` validates a configuration. A bad
 //! configuration is one line on stderr naming the key, and exit code 2.
 
+mod bounce;
 mod config;
 mod events;
 mod relay;

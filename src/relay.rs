@@ -11,7 +11,8 @@ use millrace_delivery::driver::{
 };
 use millrace_delivery::{Dns, NextHop};
 use millrace_queue::{
-    Destination, Dispatcher, Events, Job, Queue, QueueConfig, QueueEvent,
+    Destination, Dispatcher, Events, Failure, Job, Queue, QueueConfig,
+    QueueEvent,
 };
 use millrace_reactor::{Reactor, ReactorConfig, Remote};
 use millrace_server::{
@@ -19,6 +20,7 @@ use millrace_server::{
 };
 use millrace_spool::{Envelope, MessageId, Spool, SpoolOptions};
 
+use crate::bounce::Bouncer;
 use crate::config::Config;
 use crate::events::{EventLog, fields};
 
@@ -70,8 +72,11 @@ impl Dispatcher for ByDestination {
     }
 }
 
-/// Queue decisions as JSON event lines.
-struct QueueLog(Arc<EventLog>);
+/// Queue decisions as JSON event lines, and bounces for final failures.
+struct QueueLog {
+    log: Arc<EventLog>,
+    bouncer: Arc<Bouncer>,
+}
 
 fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -81,8 +86,12 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Events for QueueLog {
+    fn failed(&self, id: MessageId, failures: &[Failure]) {
+        self.bouncer.failed(id, failures);
+    }
+
     fn event(&self, e: QueueEvent) {
-        let log = &self.0;
+        let log = &self.log;
         match e {
             QueueEvent::Delivery { id, rcpt, remote, reply } => log.emit(
                 "Delivery",
@@ -115,11 +124,14 @@ impl Events for QueueLog {
                 Some(&id.to_string()),
                 fields! {"recipient" => rcpt, "reply" => reply},
             ),
-            QueueEvent::DelayWarning { id, rcpts, reply } => log.emit(
-                "DelayWarning",
-                Some(&id.to_string()),
-                fields! {"recipients" => rcpts, "reply" => reply},
-            ),
+            QueueEvent::DelayWarning { id, rcpts, reply } => {
+                log.emit(
+                    "DelayWarning",
+                    Some(&id.to_string()),
+                    fields! {"recipients" => rcpts.clone(), "reply" => reply.as_str()},
+                );
+                self.bouncer.delayed(id, &rcpts, &reply);
+            }
             QueueEvent::StoreFailure { id, op, error } => log.emit(
                 "StoreFailure",
                 Some(&id.to_string()),
@@ -185,8 +197,15 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
     );
 
     // Outbound: DNS, the delivery threads, then the queue that feeds them.
-    let dns = Dns::start(&cfg.dns.resolvers, DNS_TIMEOUT)
+    let mut dns = Dns::start(&cfg.dns.resolvers, DNS_TIMEOUT)
         .context("cannot start the DNS resolver")?;
+    // Test hook: exchangers found by MX lookup on another port than 25,
+    // so routing tests can run sinks on loopback without privileges.
+    if let Some(port) =
+        std::env::var("MILLRACE_MX_PORT").ok().and_then(|p| p.parse().ok())
+    {
+        dns = dns.with_port(port);
+    }
     let d = &cfg.delivery;
     let helo_name = if d.helo_name.is_empty() {
         hostname.clone()
@@ -221,6 +240,12 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         cfg.routes.clone(),
         Some(d.smarthost.clone()),
     );
+    let bouncer = Arc::new(Bouncer::new(
+        spool.clone(),
+        hostname.clone(),
+        Arc::clone(&log),
+        d.max_queue_lifetime.0.as_secs(),
+    ));
     let queue = Queue::start(
         QueueConfig {
             retry_intervals: d.retry_intervals.iter().map(|i| i.0).collect(),
@@ -233,10 +258,14 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         Arc::new(spool.clone()),
         Arc::new(QueueRouter(router)),
         dispatcher,
-        Arc::new(QueueLog(Arc::clone(&log))),
+        Arc::new(QueueLog {
+            log: Arc::clone(&log),
+            bouncer: Arc::clone(&bouncer),
+        }),
     )
     .context("cannot start the queue")?;
     driver.set_queue(queue.clone());
+    bouncer.set_queue(queue.clone());
     queue.load(recovery.committed.clone());
 
     let mynetworks = cfg

@@ -55,6 +55,20 @@ impl Relay {
     /// Starts a relay in an existing directory (for restarts on the same
     /// spool).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Relay {
+        Self::start_in_env(dir, extra, &[])
+    }
+
+    /// Starts a relay with extra environment variables.
+    pub fn start_env(extra: &str, env: &[(&str, String)]) -> Relay {
+        Self::start_in_env(tempfile::tempdir().unwrap(), extra, env)
+    }
+
+    /// Starts a relay in `dir` with extra environment variables.
+    pub fn start_in_env(
+        dir: tempfile::TempDir,
+        extra: &str,
+        env: &[(&str, String)],
+    ) -> Relay {
         let spool = dir.path().join("spool");
         let log = dir.path().join("events.log");
         let stderr = dir.path().join("stderr.log");
@@ -74,6 +88,7 @@ impl Relay {
             .arg("serve")
             .arg("--config")
             .arg(&cfg_path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -304,4 +319,5 @@ impl Smtp {
 pub fn queue_id(text: &str) -> String {
     text.rsplit(' ').next().unwrap().to_owned()
 }
+pub mod dns;
 pub mod sink;

@@ -8,6 +8,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use millrace_delivery::driver::Relayed;
 use millrace_dsn::{Action, RecipientReport, Report};
 use millrace_proto::{DotStuffer, EnhancedCode};
 use millrace_queue::{Failure, Queue};
@@ -54,6 +55,7 @@ fn status_of(reply: &str, expired: bool) -> EnhancedCode {
     match reply.as_bytes().first() {
         _ if expired => EnhancedCode::new(4, 4, 7),
         Some(b'5') => EnhancedCode::new(5, 0, 0),
+        Some(b'2') => EnhancedCode::new(2, 0, 0),
         _ => EnhancedCode::new(4, 0, 0),
     }
 }
@@ -94,6 +96,34 @@ impl Bouncer {
                     status: status_of(&f.reply, f.expired),
                     remote_mta: f.remote.as_deref(),
                     diagnostic: Some(&f.reply),
+                    last_attempt_unix: Some(now),
+                    will_retry_until_unix: None,
+                })
+            })
+            .collect();
+        self.send(id, env, msg.body(), reports, now);
+    }
+
+    /// Recipients relayed to a next hop without DSN support, whose sender
+    /// asked for NOTIFY=SUCCESS: one "relayed" DSN.
+    pub(crate) fn relayed(&self, id: MessageId, relayed: &[Relayed]) {
+        let Ok(msg) = self.spool.open_message(id) else { return };
+        let env = msg.envelope();
+        if env.sender.is_empty() || env.is_dsn {
+            return;
+        }
+        let now = now_unix();
+        let reports: Vec<RecipientReport<'_>> = relayed
+            .iter()
+            .filter_map(|x| {
+                let r = env.recipients.get(x.rcpt as usize)?;
+                Some(RecipientReport {
+                    final_recipient: &r.address,
+                    original_recipient: r.orcpt.as_deref(),
+                    action: Action::Relayed,
+                    status: status_of(&x.reply, false),
+                    remote_mta: Some(&x.remote),
+                    diagnostic: Some(&x.reply),
                     last_attempt_unix: Some(now),
                     will_retry_until_unix: None,
                 })

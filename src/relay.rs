@@ -266,6 +266,10 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
     .context("cannot start the queue")?;
     driver.set_queue(queue.clone());
     bouncer.set_queue(queue.clone());
+    let relay_bouncer = Arc::clone(&bouncer);
+    driver.set_relayed_hook(Box::new(move |id, relayed| {
+        relay_bouncer.relayed(id, relayed);
+    }));
     queue.load(recovery.committed.clone());
 
     let mynetworks = cfg

@@ -157,3 +157,30 @@ fn ret_full_returns_the_original_unstuffed() {
         "{t}"
     );
 }
+
+#[test]
+fn notify_success_to_a_hop_without_dsn_gets_a_relayed_notice() {
+    let sink = Sink::start();
+    sink.set_ehlo_extra(&[]);
+    let relay = relay_for(&sink, "");
+    send(
+        &relay,
+        "<sender@example.org>",
+        &[
+            "<tracked@example.net> NOTIFY=SUCCESS,FAILURE",
+            "<plain@example.net>",
+        ],
+        "Subject: track me\r\n\r\nhi\r\n",
+    );
+    wait_for("the relayed notice", DEADLINE, || {
+        (!dsns(&sink).is_empty()).then_some(())
+    });
+    let d = dsns(&sink);
+    assert_eq!(d.len(), 1);
+    let t = text(&d[0]);
+    assert!(t.contains("Action: relayed"), "{t}");
+    assert!(t.contains("Final-Recipient: rfc822; tracked@example.net"), "{t}");
+    assert!(!t.contains("plain@example.net"), "{t}");
+    // The next hop offered no DSN: NOTIFY was not passed on.
+    assert_eq!(sink.count_for("tracked@example.net"), 1);
+}

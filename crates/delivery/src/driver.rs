@@ -24,7 +24,7 @@ use millrace_proto::{
 };
 use millrace_queue::{Destination, Job, JobItem, Outcome, Queue, RcptOutcome};
 use millrace_reactor::{Context, Handler, Remote, TimerId};
-use millrace_spool::{Spool, StoredMessage};
+use millrace_spool::{MessageId, Spool, StoredMessage};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use slab::Slab;
@@ -70,14 +70,36 @@ pub enum DeliveryMsg {
     },
 }
 
+/// A recipient delivered to a next hop that does not offer DSN, whose
+/// sender asked for NOTIFY=SUCCESS: we owe the "relayed" notice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    /// Index into the envelope's recipients.
+    pub rcpt: u32,
+    /// The next hop.
+    pub remote: String,
+    /// Its reply.
+    pub reply: String,
+}
+
+/// Called with the relayed recipients of one message, before the outcome
+/// is reported (the message is still in the spool).
+pub type RelayedHook = Box<dyn Fn(MessageId, &[Relayed]) + Send + Sync>;
+
 /// State shared by the delivery handlers of all threads.
-#[derive(Debug)]
 pub struct DriverShared {
     cfg: DriverConfig,
     spool: Spool,
     dns: Dns,
     queue: OnceLock<Queue>,
     remotes: OnceLock<Vec<Remote<DeliveryMsg>>>,
+    relayed: OnceLock<RelayedHook>,
+}
+
+impl std::fmt::Debug for DriverShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverShared").field("cfg", &self.cfg).finish()
+    }
 }
 
 impl DriverShared {
@@ -89,7 +111,13 @@ impl DriverShared {
             dns,
             queue: OnceLock::new(),
             remotes: OnceLock::new(),
+            relayed: OnceLock::new(),
         })
+    }
+
+    /// Sets the NOTIFY=SUCCESS hook (see [`Relayed`]).
+    pub fn set_relayed_hook(&self, hook: RelayedHook) {
+        let _ = self.relayed.set(hook);
     }
 
     /// Sets the queue outcomes are reported to.
@@ -645,7 +673,29 @@ impl Outbound {
         let c = &mut self.conns[key];
         let Some(cur) = c.current.take() else { return };
         let remote = c.remote.clone();
+        let dsn_offered = c.client.dsn_offered();
         let env = cur.msg.envelope();
+        if !dsn_offered {
+            let relayed: Vec<Relayed> = results
+                .iter()
+                .filter(|r| r.kind == crate::client::RcptKind::Delivered)
+                .filter_map(|r| {
+                    let rcpt = *cur.item.rcpts.get(r.index)?;
+                    let notify = env.recipients.get(rcpt as usize)?.notify;
+                    // NOTIFY=SUCCESS (bit 2), not NEVER (bit 1).
+                    (notify & 2 != 0 && notify & 1 == 0).then(|| Relayed {
+                        rcpt,
+                        remote: remote.clone(),
+                        reply: r.reply.to_single_line(),
+                    })
+                })
+                .collect();
+            if let (false, Some(hook)) =
+                (relayed.is_empty(), self.shared.relayed.get())
+            {
+                hook(cur.item.id, &relayed);
+            }
+        }
         let outcomes = results
             .into_iter()
             .filter_map(|r| {

@@ -27,9 +27,6 @@ pub mod client;
 pub mod dns;
 pub mod driver;
 pub mod route;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod testing;
 
 pub use client::{
     Client, ClientError, ClientEvent, RcptKind, RcptResult, Transaction,

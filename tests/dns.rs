@@ -3,9 +3,9 @@
 
 use std::net::Ipv4Addr;
 
+use crate::util::Relay;
 use crate::util::dns::{DnsServer, Rr};
 use crate::util::sink::Sink;
-use crate::util::Relay;
 
 /// A free port on 127.0.0.1 (exchangers are reached on it via the
 /// MILLRACE_MX_PORT test hook).

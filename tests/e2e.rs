@@ -4,7 +4,6 @@
 // Helpers are `pub` for use across the test modules of this one binary.
 #![allow(unreachable_pub)]
 
-
 mod bounce;
 mod delivery;
 mod dns;

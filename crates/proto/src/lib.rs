@@ -21,16 +21,16 @@ pub mod command;
 pub mod data;
 pub mod date;
 pub mod ehlo;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod line;
 pub mod params;
 pub mod path;
 pub mod reply;
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub mod fuzzing;
 
-pub use command::{parse_command, parse_command_with, Command, CommandError};
-pub use data::{stuff, unstuff, BodyScanner, DotStuffer, Scan};
+pub use command::{Command, CommandError, parse_command, parse_command_with};
+pub use data::{BodyScanner, DotStuffer, Scan, stuff, unstuff};
 pub use ehlo::Capabilities;
 pub use line::{LineReader, LineStatus};
 pub use params::{

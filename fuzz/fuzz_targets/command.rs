@@ -1,0 +1,4 @@
+//! Fuzz target: see `millrace_proto::fuzzing::command`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| millrace_proto::fuzzing::command(data));

@@ -13,7 +13,7 @@
 //! ```
 //! use millrace_delivery::client::{Client, ClientEvent};
 //! let mut c = Client::new("relay.example");
-//! assert_eq!(c.receive(b"220 mx.example ESMTP\r\n").unwrap(), 21);
+//! assert_eq!(c.receive(b"220 mx.example ESMTP\r\n").unwrap(), 22);
 //! assert_eq!(c.output().as_slice(), b"EHLO relay.example\r\n");
 //! ```
 //!

@@ -61,14 +61,25 @@ struct ByDestination {
     remotes: OnceLock<Vec<Remote<DeliveryMsg>>>,
 }
 
-impl Dispatcher for ByDestination {
-    fn dispatch(&self, job: Job) {
+impl ByDestination {
+    fn send(&self, dest: &Destination, msg: DeliveryMsg) {
         use std::hash::{Hash, Hasher};
         let Some(r) = self.remotes.get() else { return };
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        job.dest.as_str().hash(&mut h);
+        dest.as_str().hash(&mut h);
         let i = (h.finish() % r.len() as u64) as usize;
-        let _ = r[i].send(DeliveryMsg::Job(job));
+        let _ = r[i].send(msg);
+    }
+}
+
+impl Dispatcher for ByDestination {
+    fn dispatch(&self, job: Job) {
+        let dest = job.dest.clone();
+        self.send(&dest, DeliveryMsg::Job(job));
+    }
+
+    fn nudge(&self, dest: &Destination) {
+        self.send(dest, DeliveryMsg::Nudge(dest.clone()));
     }
 }
 

@@ -59,6 +59,8 @@ pub struct DriverConfig {
 pub enum DeliveryMsg {
     /// A new connection for this destination, with its first work.
     Job(Job),
+    /// Ready work waits for this destination: idle connections take it.
+    Nudge(Destination),
     /// A lookup for connection `key` finished.
     Resolved {
         /// Slab key.
@@ -227,6 +229,24 @@ impl Outbound {
         None
     }
 
+    /// Gives ready work for `dest` to this thread's idle connections.
+    fn nudge(&mut self, cx: &mut Context<'_>, dest: &Destination) {
+        let max = self.shared.cfg.max_messages_per_connection;
+        while let Some(&key) = self.idle.get(dest).and_then(|k| k.last()) {
+            let room = max.saturating_sub(self.conns[key].carried);
+            let Some(job) = self.shared.queue().take_more(dest, room) else {
+                return;
+            };
+            self.unidle(key);
+            self.conns[key].items.extend(job.items);
+            self.next_transaction(key);
+            if self.flush_output(cx, key) && self.conns.contains(key) {
+                let at = cx.now() + self.shared.cfg.reply_timeout;
+                self.arm(cx, key, at);
+            }
+        }
+    }
+
     /// Forgets `key` as idle.
     fn unidle(&mut self, key: usize) {
         let c = &mut self.conns[key];
@@ -362,6 +382,10 @@ impl Outbound {
             c.remote = host;
             match TcpStream::connect(addr) {
                 Ok(mut s) => {
+                    // Commands and body parts go out as separate writes:
+                    // without this, Nagle and delayed ACKs stall each
+                    // message for tens of milliseconds.
+                    let _ = s.set_nodelay(true);
                     let reg = cx.registry().register(
                         &mut s,
                         Token(key),
@@ -915,6 +939,7 @@ impl Handler for Outbound {
     fn message(&mut self, cx: &mut Context<'_>, msg: DeliveryMsg) {
         match msg {
             DeliveryMsg::Job(job) => self.start_job(cx, job),
+            DeliveryMsg::Nudge(dest) => self.nudge(cx, &dest),
             DeliveryMsg::Resolved { key, serial, result } => {
                 if self.conns.get(key).is_some_and(|c| c.serial == serial) {
                     self.resolved(cx, key, result);

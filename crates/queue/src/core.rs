@@ -591,6 +591,10 @@ impl<S: Store> QueueCore<S> {
                 self.dispatcher
                     .dispatch(Job { dest: dest.clone(), items: vec![item] });
             }
+            if dq.active.load(Ordering::Relaxed) >= max && !dq.ready.is_empty()
+            {
+                self.dispatcher.nudge(&dest);
+            }
             if dq.active.load(Ordering::Relaxed) == 0 && dq.ready.is_empty() {
                 self.shared.dests.write().remove(&dest);
             }

@@ -63,10 +63,14 @@ struct Rec {
     jobs: Mutex<Vec<Job>>,
     events: Mutex<Vec<QueueEvent>>,
     failed: Mutex<Vec<(MessageId, Vec<Failure>)>>,
+    nudges: Mutex<Vec<Destination>>,
 }
 impl Dispatcher for Rec {
     fn dispatch(&self, job: Job) {
         self.jobs.lock().push(job);
+    }
+    fn nudge(&self, dest: &Destination) {
+        self.nudges.lock().push(dest.clone());
     }
 }
 impl Events for Rec {
@@ -595,4 +599,20 @@ fn expiry_is_one_grouped_failure() {
     assert_eq!(two.len(), 1, "{failed:?}");
     assert_eq!(two[0].1.len(), 2);
     assert!(two[0].1.iter().all(|f| f.expired && f.reply == "451 test"));
+}
+
+#[test]
+fn saturated_destination_nudges_its_idle_connections() {
+    let mut c = cfg();
+    c.max_connections_per_destination = 1;
+    let mut h = harness(c);
+    h.add(1, &["a@x.net"], at(0));
+    assert_eq!(h.jobs().len(), 1);
+    assert!(h.rec.nudges.lock().is_empty(), "a slot was free");
+    // The one connection is open (maybe idle): new work nudges it.
+    h.add(2, &["b@x.net"], at(0));
+    assert!(h.jobs().is_empty(), "no second connection");
+    assert_eq!(*h.rec.nudges.lock(), vec![dest("mx:x.net")]);
+    let more = h.core.take_more(&dest("mx:x.net"), 10).unwrap();
+    assert_eq!(more.items[0].id, mid(2));
 }

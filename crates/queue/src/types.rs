@@ -90,6 +90,12 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// [`crate::Queue::connection_done`]. Called on the scheduler
     /// thread: must not block.
     fn dispatch(&self, job: Job);
+
+    /// Work is ready for `dest` but its connection limit is reached: an
+    /// idle connection to it may take the work ([`crate::Queue::take_more`]).
+    fn nudge(&self, dest: &Destination) {
+        let _ = dest;
+    }
 }
 
 /// Work for one connection.

@@ -399,3 +399,21 @@ fn bdat_chunks_are_stored_dot_stuffed() {
     let m = spool.open_message(id).unwrap();
     assert_eq!(m.body(), b"..dot\r\nhello\r\n");
 }
+
+#[test]
+fn over_max_connections_gets_421() {
+    let relay = Relay::start("max_connections = 2");
+    let _a = relay.connect();
+    let _b = relay.connect();
+    let mut c = Smtp::connect(relay.addr);
+    let (code, lines) = c.reply();
+    assert_eq!(code, 421, "{lines:?}");
+    assert!(lines[0].starts_with("4.7.0"), "{lines:?}");
+    assert!(c.closed());
+    // A slot frees up when a client leaves.
+    drop(_a);
+    crate::util::wait_for("a free slot", crate::util::DEADLINE, || {
+        let mut d = Smtp::connect(relay.addr);
+        (d.reply().0 == 220).then_some(())
+    });
+}

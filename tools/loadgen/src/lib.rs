@@ -32,6 +32,7 @@
 //! - Traffic to other machines in tests: everything here uses loopback.
 #![deny(unsafe_code)]
 
+pub mod bench;
 mod error;
 pub mod glob;
 pub mod message;

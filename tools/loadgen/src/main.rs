@@ -34,8 +34,37 @@ enum Cmd {
     Send(SendArgs),
     /// Accept and discard mail, counting it (like Postfix's smtp-sink).
     Sink(SinkArgs),
-    /// One-command local benchmark (not yet).
-    Bench,
+    /// One-command local benchmark: a sink, `millrace serve` and `send`
+    /// on loopback, one report.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Messages to send.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Concurrent sending sessions.
+    #[arg(long, default_value_t = 20)]
+    sessions: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1)]
+    recipients: u32,
+    /// Relay reactor threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// The millrace binary (default: next to millrace-load, then PATH).
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// Keep the temporary spool, config and log.
+    #[arg(long)]
+    keep: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -166,8 +195,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Send(a) => send(a),
         Cmd::Sink(a) => sink(a),
-        Cmd::Bench => {
-            println!("bench: not yet");
+        Cmd::Bench(a) => {
+            let report = millrace_load::bench::run_bench(
+                &millrace_load::bench::BenchOptions {
+                    messages: a.messages,
+                    sessions: a.sessions,
+                    size: a.size,
+                    recipients: a.recipients,
+                    threads: a.threads,
+                    relay: a.relay,
+                    keep: a.keep,
+                },
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

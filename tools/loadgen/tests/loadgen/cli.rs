@@ -70,11 +70,52 @@ fn refused_everywhere_exits_1() {
     assert!(err.contains("3 refused"), "{err}");
 }
 
+/// The relay binary of this workspace (built here if the test run did not
+/// build it already).
+fn millrace_binary() -> std::path::PathBuf {
+    let me = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/millrace
+    let profile_dir = me.parent().unwrap().parent().unwrap().to_owned();
+    let bin = profile_dir.join("millrace");
+    if !bin.is_file() {
+        let release = profile_dir.ends_with("release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "millrace"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "cargo build -p millrace");
+    }
+    assert!(bin.is_file(), "{}", bin.display());
+    bin
+}
+
 #[test]
-fn bench_is_a_stub() {
-    let out = run(&["bench"]);
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bench: not yet");
+fn bench_runs_the_whole_pipeline() {
+    let relay = millrace_binary();
+    let out = run(&[
+        "bench",
+        "--messages",
+        "300",
+        "--sessions",
+        "5",
+        "--json",
+        "--relay",
+        relay.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["send"]["messages_accepted"], 300);
+    assert_eq!(r["sink"]["messages"], 300);
+    assert_eq!(r["send"]["dot_to_250"]["count"], 300);
+    assert_eq!(r["relay_to_sink"]["count"], 300, "every delivery matched");
+    assert!(r["relay_cpu_secs"].as_f64().unwrap() > 0.0);
+    assert!(r["relay_peak_rss_kib"].as_u64().unwrap() > 0);
 }
 
 #[test]

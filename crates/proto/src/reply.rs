@@ -327,8 +327,12 @@ impl ReplyParser {
         if self.lines.len() >= Self::MAX_LINES {
             return Err(ReplyError::TooManyLines);
         }
+        let mut t = String::from_utf8_lossy(text).into_owned();
+        if t.contains('\r') {
+            t = t.replace('\r', " ");
+        }
         if self.all_enhanced {
-            match enhanced_prefix(code, text) {
+            match enhanced_prefix(code, t.as_bytes()) {
                 Some((e, _)) => {
                     if self.enhanced.is_none() {
                         self.enhanced = Some(e);
@@ -336,10 +340,6 @@ impl ReplyParser {
                 }
                 None => self.all_enhanced = false,
             }
-        }
-        let mut t = String::from_utf8_lossy(text).into_owned();
-        if t.contains('\r') {
-            t = t.replace('\r', " ");
         }
         self.lines.push(Cow::Owned(t));
         Ok(last)

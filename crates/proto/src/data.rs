@@ -332,6 +332,52 @@ pub fn naive_scan(input: &[u8]) -> (Option<usize>, u64, bool) {
     (None, (input.len() - pending) as u64, bare)
 }
 
+/// Fuzz entry point: the scanner over a fuzzer-chosen chunking agrees with
+/// one pass over the whole input and with the byte-at-a-time oracle, and
+/// never claims more bytes than it was given. The first byte picks the
+/// chunk size; the input is tried raw and mapped onto `{CR, LF, '.', 'a'}`
+/// (where all the interesting cases live).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub fn fuzz_scanner(data: &[u8]) {
+    let Some((&step, rest)) = data.split_first() else { return };
+    let step = usize::from(step % 16) + 1;
+    let mapped: Vec<u8> = rest
+        .iter()
+        .map(|b| [b'\r', b'\n', b'.', b'a'][usize::from(b % 4)])
+        .collect();
+    for input in [rest, &mapped[..]] {
+        let oracle = naive_scan(input);
+        let mut whole = BodyScanner::new();
+        let w = match whole.scan(input) {
+            Scan::Complete { consumed } => {
+                assert!(consumed <= input.len());
+                Some(consumed)
+            }
+            Scan::Partial => None,
+        };
+        assert_eq!(
+            (w, whole.body_len(), whole.saw_bare_line_ending()),
+            oracle
+        );
+        let mut chunked = BodyScanner::new();
+        let mut done = None;
+        for (i, chunk) in input.chunks(step).enumerate() {
+            if let Scan::Complete { consumed } = chunked.scan(chunk) {
+                assert!(consumed <= chunk.len());
+                done = Some(i * step + consumed);
+                break;
+            }
+        }
+        assert_eq!(done, w);
+        assert_eq!(chunked.body_len(), whole.body_len());
+        assert_eq!(
+            chunked.saw_bare_line_ending(),
+            whole.saw_bare_line_ending()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,51 +527,5 @@ mod tests {
         let mut w = Vec::new();
         DotStuffer::new().finish(&mut w);
         assert_eq!(w, b".\r\n");
-    }
-}
-
-/// Fuzz entry point: the scanner over a fuzzer-chosen chunking agrees with
-/// one pass over the whole input and with the byte-at-a-time oracle, and
-/// never claims more bytes than it was given. The first byte picks the
-/// chunk size; the input is tried raw and mapped onto `{CR, LF, '.', 'a'}`
-/// (where all the interesting cases live).
-#[cfg(feature = "fuzzing")]
-#[doc(hidden)]
-pub fn fuzz_scanner(data: &[u8]) {
-    let Some((&step, rest)) = data.split_first() else { return };
-    let step = usize::from(step % 16) + 1;
-    let mapped: Vec<u8> = rest
-        .iter()
-        .map(|b| [b'\r', b'\n', b'.', b'a'][usize::from(b % 4)])
-        .collect();
-    for input in [rest, &mapped[..]] {
-        let oracle = naive_scan(input);
-        let mut whole = BodyScanner::new();
-        let w = match whole.scan(input) {
-            Scan::Complete { consumed } => {
-                assert!(consumed <= input.len());
-                Some(consumed)
-            }
-            Scan::Partial => None,
-        };
-        assert_eq!(
-            (w, whole.body_len(), whole.saw_bare_line_ending()),
-            oracle
-        );
-        let mut chunked = BodyScanner::new();
-        let mut done = None;
-        for (i, chunk) in input.chunks(step).enumerate() {
-            if let Scan::Complete { consumed } = chunked.scan(chunk) {
-                assert!(consumed <= chunk.len());
-                done = Some(i * step + consumed);
-                break;
-            }
-        }
-        assert_eq!(done, w);
-        assert_eq!(chunked.body_len(), whole.body_len());
-        assert_eq!(
-            chunked.saw_bare_line_ending(),
-            whole.saw_bare_line_ending()
-        );
     }
 }

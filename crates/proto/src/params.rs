@@ -188,13 +188,18 @@ impl MailParams {
                 });
                 "RET"
             } else if key.eq_ignore_ascii_case(b"ENVID") {
+                // The 100-octet limit applies to the value; its xtext
+                // form may escape every octet (+XX), so up to 300 chars
+                // are read. (Checking the encoded length instead made a
+                // raw-UTF-8 ENVID parse but its encoding not: fuzzing.)
                 let v = value
-                    .filter(|v| v.len() <= MAX_ENVID)
+                    .filter(|v| v.len() <= 3 * MAX_ENVID)
                     .ok_or(ParamError::BadValue("ENVID"))?;
-                p.envid = Some(
-                    xtext_decode(v)
-                        .map_err(|_| ParamError::BadValue("ENVID"))?,
-                );
+                let envid = xtext_decode(v)
+                    .ok()
+                    .filter(|d| d.len() <= MAX_ENVID)
+                    .ok_or(ParamError::BadValue("ENVID"))?;
+                p.envid = Some(envid);
                 "ENVID"
             } else if key.eq_ignore_ascii_case(b"AUTH") {
                 let v = value.ok_or(ParamError::BadValue("AUTH"))?;
@@ -525,6 +530,24 @@ mod tests {
         }
         let long = format!("ENVID={}", "a".repeat(101));
         assert_eq!(MailParams::parse(long.as_bytes()), Err(BadValue("ENVID")));
+        // 100 octets, every one escaped: 300 characters, accepted.
+        let escaped = format!("ENVID={}", "+41".repeat(100));
+        assert_eq!(
+            MailParams::parse(escaped.as_bytes()).unwrap().envid.unwrap(),
+            "A".repeat(100)
+        );
+    }
+
+    #[test]
+    fn fuzz_regression_utf8_envid_round_trips() {
+        // A raw UTF-8 ENVID within 100 octets re-encodes as +XX escapes
+        // (longer than 100 characters) and must still parse back.
+        let v = format!("ENVID={}", "é".repeat(40));
+        let p = MailParams::parse(v.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        p.encode(true, &mut out);
+        let back = MailParams::parse(&out[1..]).unwrap();
+        assert_eq!(back.envid, p.envid);
     }
 
     #[test]

@@ -85,3 +85,45 @@ fn null_mx_and_nxdomain_bounce_without_connecting() {
     assert_eq!(sink.connections(), 0, "no connection attempt");
     assert!(dns.queries.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
+
+#[test]
+fn null_mx_produces_a_dsn_without_any_connection_attempt() {
+    let port = free_port();
+    // The sender's domain is routed to this sink, so the DSN lands here.
+    let sink = Sink::start();
+    // A trap: were the null MX ignored, implicit MX would find this
+    // address and connect to it.
+    let trap = Sink::start_on(format!("127.0.0.1:{port}").parse().unwrap());
+    let dns = DnsServer::start();
+    dns.add("nomail.test", Rr::Mx(0, ".".into()));
+    dns.add("nomail.test", Rr::A(Ipv4Addr::new(127, 0, 0, 1)));
+    let relay = Relay::start_env(
+        &format!(
+            "[dns]\nresolvers = [\"{}\"]\n[routes]\n\"example.org\" = \"{}\"",
+            dns.addr, sink.addr
+        ),
+        &[("MILLRACE_MX_PORT", port.to_string())],
+    );
+    let mut s = relay.connect();
+    s.expect("EHLO client.example", "250");
+    s.send_mail(
+        "sender@example.org",
+        &["x@nomail.test"],
+        "Subject: n\r\n\r\nx\r\n",
+    );
+    relay.wait_events("DsnSent", 1);
+    crate::util::wait_for(
+        "the DSN at the sink",
+        crate::util::DEADLINE,
+        || (!sink.received().is_empty()).then_some(()),
+    );
+    let got = sink.received();
+    assert_eq!(got.len(), 1, "only the DSN");
+    assert_eq!(got[0].from, "");
+    assert_eq!(got[0].rcpts, vec!["sender@example.org".to_string()]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("Status: 5.1.10"), "{text}");
+    assert!(text.contains("does not accept mail at all"), "{text}");
+    assert_eq!(trap.connections(), 0, "no connection attempt");
+    assert_eq!(sink.connections(), 1, "only the DSN's");
+}

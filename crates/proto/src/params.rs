@@ -154,11 +154,11 @@ impl MailParams {
         let mut seen = 0u8;
         for token in tokens(s) {
             let (key, value) = split_param(token)?;
-            let name = if key.eq_ignore_ascii_case(b"SIZE") {
+            let (bit, name) = if key.eq_ignore_ascii_case(b"SIZE") {
                 let v = value.ok_or(ParamError::BadValue("SIZE"))?;
                 p.size =
                     Some(parse_u64(v).ok_or(ParamError::BadValue("SIZE"))?);
-                "SIZE"
+                (0, "SIZE")
             } else if key.eq_ignore_ascii_case(b"BODY") {
                 let v = value.ok_or(ParamError::BadValue("BODY"))?;
                 p.body = if v.eq_ignore_ascii_case(b"8BITMIME") {
@@ -170,13 +170,13 @@ impl MailParams {
                 } else {
                     return Err(ParamError::BadValue("BODY"));
                 };
-                "BODY"
+                (1, "BODY")
             } else if key.eq_ignore_ascii_case(b"SMTPUTF8") {
                 if value.is_some() {
                     return Err(ParamError::BadValue("SMTPUTF8"));
                 }
                 p.smtputf8 = true;
-                "SMTPUTF8"
+                (2, "SMTPUTF8")
             } else if key.eq_ignore_ascii_case(b"RET") {
                 let v = value.ok_or(ParamError::BadValue("RET"))?;
                 p.ret = Some(if v.eq_ignore_ascii_case(b"FULL") {
@@ -186,7 +186,7 @@ impl MailParams {
                 } else {
                     return Err(ParamError::BadValue("RET"));
                 });
-                "RET"
+                (3, "RET")
             } else if key.eq_ignore_ascii_case(b"ENVID") {
                 // The 100-octet limit applies to the value; its xtext
                 // form may escape every octet (+XX), so up to 300 chars
@@ -200,18 +200,18 @@ impl MailParams {
                     .filter(|d| d.len() <= MAX_ENVID)
                     .ok_or(ParamError::BadValue("ENVID"))?;
                 p.envid = Some(envid);
-                "ENVID"
+                (4, "ENVID")
             } else if key.eq_ignore_ascii_case(b"AUTH") {
                 let v = value.ok_or(ParamError::BadValue("AUTH"))?;
                 p.auth = Some(
                     xtext_decode(v)
                         .map_err(|_| ParamError::BadValue("AUTH"))?,
                 );
-                "AUTH"
+                (5, "AUTH")
             } else {
                 return Err(unknown(key));
             };
-            mark_seen(&mut seen, name, MAIL_KEYS)?;
+            mark_seen(&mut seen, bit, name)?;
         }
         Ok(p)
     }
@@ -273,18 +273,18 @@ impl RcptParams {
         let mut seen = 0u8;
         for token in tokens(s) {
             let (key, value) = split_param(token)?;
-            let name = if key.eq_ignore_ascii_case(b"NOTIFY") {
+            let (bit, name) = if key.eq_ignore_ascii_case(b"NOTIFY") {
                 let v = value.ok_or(ParamError::BadValue("NOTIFY"))?;
                 p.notify = Notify::parse(v)?;
-                "NOTIFY"
+                (0, "NOTIFY")
             } else if key.eq_ignore_ascii_case(b"ORCPT") {
                 let v = value.ok_or(ParamError::BadValue("ORCPT"))?;
                 p.orcpt = Some(parse_orcpt(v)?);
-                "ORCPT"
+                (1, "ORCPT")
             } else {
                 return Err(unknown(key));
             };
-            mark_seen(&mut seen, name, RCPT_KEYS)?;
+            mark_seen(&mut seen, bit, name)?;
         }
         Ok(p)
     }
@@ -308,20 +308,14 @@ impl RcptParams {
 /// Longest ENVID value (RFC 3461 section 4.4).
 const MAX_ENVID: usize = 100;
 
-/// The MAIL keywords, for duplicate detection (bit i = entry i).
-const MAIL_KEYS: &[&str] =
-    &["SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"];
-/// The RCPT keywords, for duplicate detection.
-const RCPT_KEYS: &[&str] = &["NOTIFY", "ORCPT"];
-
-/// Records `name` as seen; a second sighting is a duplicate.
+/// Records keyword number `bit` (`name`) as seen; a second sighting is a
+/// duplicate.
 fn mark_seen(
     seen: &mut u8,
+    bit: u8,
     name: &'static str,
-    keys: &[&str],
 ) -> Result<(), ParamError> {
-    let bit = keys.iter().position(|k| *k == name).unwrap_or(7);
-    let mask = 1u8 << bit;
+    let mask = 1u8 << (bit & 7);
     if *seen & mask != 0 {
         return Err(ParamError::Duplicate(name));
     }
@@ -337,7 +331,8 @@ fn tokens(s: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Splits `keyword[=value]` and checks both against the grammar.
 fn split_param(token: &[u8]) -> Result<(&[u8], Option<&[u8]>), ParamError> {
-    let (key, value) = match memchr::memchr(b'=', token) {
+    // Tokens are short: a plain loop beats memchr's dispatch here.
+    let (key, value) = match token.iter().position(|&b| b == b'=') {
         Some(i) => (&token[..i], Some(&token[i + 1..])),
         None => (token, None),
     };

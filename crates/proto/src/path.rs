@@ -265,8 +265,9 @@ fn bracketed(s: &[u8]) -> Result<(&[u8], usize), PathError> {
 
 /// Index of the `>` closing the path that starts at `s[0] == '<'`.
 fn find_close(s: &[u8]) -> Option<usize> {
-    let gt = memchr::memchr(b'>', s)?;
-    if memchr::memchr(b'"', &s[..gt]).is_none() {
+    // Paths are short: plain loops beat memchr's dispatch here.
+    let gt = s.iter().position(|&b| b == b'>')?;
+    if !s[..gt].contains(&b'"') {
         return Some(gt);
     }
     // Slow path: a quoted string may hide `>`.
@@ -354,7 +355,7 @@ fn local_part_end(s: &[u8], utf8: bool) -> Result<usize, PathError> {
             Some(_) => Err(PathError::BadLocalPart),
         };
     }
-    let end = memchr::memchr(b'@', s).unwrap_or(s.len());
+    let end = s.iter().position(|&b| b == b'@').unwrap_or(s.len());
     let local = &s[..end];
     let mut prev_dot = true; // no leading dot
     for &b in local {

@@ -1,23 +1,51 @@
 //! Millrace's event loop: N threads, each with its own `mio::Poll`, its own
 //! SO_REUSEPORT listener per address (so the kernel spreads connections),
-//! a timer set, and a waker plus channel for work sent from other threads.
+//! a timer queue, and a waker plus channel for work sent from other threads.
 //!
 //! This crate knows nothing of SMTP. A [`Handler`] (one per thread, made on
-//! that thread) gets accepted connections, readiness events for the tokens
-//! it registered itself, fired timers and cross-thread messages.
+//! that thread, never moved) gets the connections accepted on that thread,
+//! readiness events for the tokens it registered itself, fired timers,
+//! messages sent through a [`Remote`], and the stop request. The inbound
+//! server accepts through it; outbound delivery registers the `TcpStream`s
+//! it connects itself. There is no thread per connection and no async
+//! runtime.
 //!
-//! # Contracts (as mio's)
-//! - Registrations are edge-triggered: on an event, read or write until
-//!   `WouldBlock`, or remember that more is pending.
-//! - Events may be spurious: a handler must tolerate readiness with nothing
-//!   to read.
-//! - Tokens below [`MAX_HANDLER_TOKEN`] are the handler's; the reactor uses
-//!   the ones above for listeners and the waker.
-//! - Messages sent through a [`Remote`] are delivered in order per sender,
-//!   and never lost while the thread runs.
+//! # Contracts (the same as mio's)
 //!
-//! ```no_run
+//! - **Edge-triggered readiness.** mio registrations are edge-triggered: an
+//!   event says "became ready", once. On an event, read (or write) until
+//!   the call returns [`std::io::ErrorKind::WouldBlock`], or remember that
+//!   more is pending and come back to it (for example with a timer at
+//!   `cx.now()`); otherwise no further event will arrive for that socket.
+//!   The reactor does this itself for its listeners: it accepts until
+//!   `WouldBlock` (in batches, so one busy listener cannot starve the
+//!   other sockets).
+//! - **Spurious events.** An event may arrive with nothing to read or no
+//!   room to write, or for a token the handler already dropped. Handlers
+//!   must tolerate both (treat `WouldBlock` as "wait", ignore unknown
+//!   tokens).
+//! - **Interrupted calls.** `poll` returning `Interrupted` (EINTR) is
+//!   retried by the reactor; handlers should retry `Interrupted` from
+//!   their own reads and writes.
+//! - **Tokens.** Tokens below [`MAX_HANDLER_TOKEN`] are the handler's (use
+//!   slab keys); the reactor reserves the ones above for its listeners
+//!   and its waker, and never passes them to [`Handler::event`].
+//! - **Messages.** Messages sent through a [`Remote`] are delivered in the
+//!   order each sender sent them, and none is lost while the thread runs,
+//!   including messages sent before the thread started or while it was
+//!   busy.
+//! - **Timers.** A timer fires once, at or after its deadline, on the
+//!   thread that set it; one set for a time already past fires on the next
+//!   loop iteration; a cancelled timer never fires.
+//! - **Accept errors.** An accept error such as EMFILE or ENFILE never
+//!   stops the loop: that listener is paused for 100 ms and then resumes.
+//!
+//! ```
+//! use std::time::Duration;
 //! use millrace_reactor::*;
+//!
+//! /// Counts nothing, closes nothing, stops at once.
+//! #[derive(Debug)]
 //! struct Quiet;
 //! impl Handler for Quiet {
 //!     type Msg = ();
@@ -35,59 +63,67 @@
 //!     name: "demo".into(),
 //! };
 //! let handle = Reactor::start(cfg, |_| Quiet).unwrap();
-//! handle.shutdown(std::time::Duration::from_secs(1));
+//! assert_ne!(handle.local_addrs()[0].port(), 0);
+//! handle.remote(1).send(()).unwrap();
+//! handle.shutdown(Duration::from_secs(1));
 //! handle.join();
 //! ```
 //!
 //! # Non goals
-//! - Protocols, buffers, TLS: the handler owns them.
-//! - Work stealing between threads: connections stay where accepted.
+//!
+//! - Protocols, read/write buffers, TLS: the handler owns them.
+//! - Moving connections between threads (work stealing): a connection
+//!   stays on the thread that accepted or registered it.
+//! - Back-pressure on [`Remote::send`]: the channel is unbounded; callers
+//!   bound their own work (the queue keeps a bounded active set).
+//! - Platforms without SO_REUSEPORT.
 #![forbid(unsafe_code)]
 
-mod timer;
+pub mod timer;
+mod worker;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use parking_lot::Mutex;
+use crossbeam_channel::Sender;
+use mio::net::TcpStream;
+use mio::{Registry, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use timer::{TimerId, Timers};
+pub use timer::TimerId;
+use timer::TimerQueue;
 
 /// Tokens below this are the handler's; the reactor reserves the rest.
 pub const MAX_HANDLER_TOKEN: usize = usize::MAX / 2;
 
+/// The waker's token.
 const WAKER: Token = Token(usize::MAX);
+/// Listener `j` of a thread uses `Token(LISTENER_BASE + j)`.
 const LISTENER_BASE: usize = MAX_HANDLER_TOKEN + 1;
-
-/// How long an accept error such as EMFILE pauses a listener.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings of a reactor.
 #[derive(Debug, Clone)]
 pub struct ReactorConfig {
-    /// Threads; 0 = one per core.
+    /// Threads; 0 = one per core (`std::thread::available_parallelism`).
     pub threads: usize,
-    /// Addresses to listen on (port 0 = any free port, the same for every
-    /// thread).
+    /// Addresses to listen on; may be empty (outbound-only reactor). Port
+    /// 0 picks a free port once, and every thread binds that same port.
     pub listen: Vec<SocketAddr>,
-    /// Listen backlog.
+    /// Listen backlog, e.g. 1024.
     pub backlog: i32,
-    /// Thread name prefix.
+    /// Thread name prefix; threads are named `{name}-{index}`.
     pub name: String,
 }
 
 /// Why the reactor could not start or a message could not be sent.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReactorError {
-    /// Binding a listener failed.
+    /// Creating, configuring or binding a listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
@@ -95,20 +131,34 @@ pub enum ReactorError {
         /// The cause.
         source: io::Error,
     },
-    /// Creating a poll, waker or thread failed.
+    /// Creating a poll, a waker or a thread failed.
     #[error("reactor set-up failed: {0}")]
     Setup(#[source] io::Error),
-    /// The target thread has stopped.
+    /// Waking the target thread failed (the message was queued).
+    #[error("cannot wake reactor thread: {0}")]
+    Wake(#[source] io::Error),
+    /// The target thread has exited; the message was not delivered.
     #[error("reactor thread has stopped")]
     Stopped,
 }
 
-/// One instance per reactor thread, made by the factory on that thread.
+/// The code run on each reactor thread: one instance per thread, made by
+/// the factory on that thread (so it need not be `Send`).
+///
+/// Every callback gets a [`Context`] for registering sockets, setting
+/// timers and reading the cached clock. Callbacks must not block: the
+/// whole thread waits for them. See the crate docs for the readiness
+/// contracts (edge-triggered, spurious events, drain until `WouldBlock`).
+/// A panic in a callback is not caught: it ends the thread and is
+/// re-raised by [`ReactorHandle::join`].
 pub trait Handler: 'static {
     /// Work sent to this thread through a [`Remote`].
     type Msg: Send + 'static;
 
-    /// A new inbound connection (non-blocking, TCP_NODELAY set).
+    /// A new inbound connection, accepted on one of this thread's
+    /// listeners: already non-blocking, TCP_NODELAY set, not registered.
+    /// `local` is the connection's own address (for a wildcard listener,
+    /// the address the client reached).
     fn accept(
         &mut self,
         cx: &mut Context<'_>,
@@ -117,7 +167,8 @@ pub trait Handler: 'static {
         local: SocketAddr,
     );
 
-    /// Readiness for a token the handler registered itself.
+    /// Readiness for a token the handler registered itself (through
+    /// [`Context::registry`]). May be spurious; drain until `WouldBlock`.
     fn event(&mut self, cx: &mut Context<'_>, event: &mio::event::Event);
 
     /// A timer set with [`Context::set_timer`] fired.
@@ -126,10 +177,12 @@ pub trait Handler: 'static {
     /// A message sent to this thread through a [`Remote`].
     fn message(&mut self, cx: &mut Context<'_>, msg: Self::Msg);
 
-    /// A graceful stop was requested (listeners are already closed).
-    /// Called once, then again after every event, timer and message while
-    /// stopping; return true when this thread's work is finished. The
-    /// thread also exits at the grace deadline.
+    /// A graceful stop was requested; this thread's listeners are already
+    /// deregistered and closed. Called once, then again after every
+    /// event, timer and message while stopping; return true when this
+    /// thread's work is finished and the thread may exit. The thread
+    /// exits at the grace deadline whatever this returns (the handler is
+    /// then dropped, closing whatever it still holds).
     fn shutdown(&mut self, cx: &mut Context<'_>) -> bool;
 }
 
@@ -137,41 +190,61 @@ pub trait Handler: 'static {
 #[derive(Debug)]
 pub struct Context<'a> {
     registry: &'a Registry,
-    timers: &'a mut Timers,
+    timers: &'a mut TimerQueue<TimerKind>,
     now: Instant,
     thread: usize,
     stopping: bool,
 }
 
+/// What a timer in a thread's queue is for.
+#[derive(Debug, Clone, Copy)]
+enum TimerKind {
+    /// Set by the handler.
+    User(Token, u64),
+    /// The reactor's own: resume accepting on listener `j` (after an
+    /// accept error, or after a full batch of accepts).
+    Accept(usize),
+}
+
 impl Context<'_> {
-    /// The thread's mio registry (register your own sockets here).
+    /// The thread's mio registry: register your own sockets here, with
+    /// tokens below [`MAX_HANDLER_TOKEN`].
     pub fn registry(&self) -> &Registry {
         self.registry
     }
 
-    /// The time at the start of this loop iteration.
+    /// The time, read once per loop iteration (after waiting for events).
     pub fn now(&self) -> Instant {
         self.now
     }
 
-    /// This thread's index (0..threads).
+    /// This thread's index, `0..threads`.
     pub fn thread_index(&self) -> usize {
         self.thread
     }
 
-    /// Arms a timer: [`Handler::timer`] gets `token` and `data` at `at`.
+    /// Arms a timer: [`Handler::timer`] gets `token` and `data` at or after
+    /// `at`; a time already past fires on the next loop iteration. O(log n).
     pub fn set_timer(
         &mut self,
         at: Instant,
         token: Token,
         data: u64,
     ) -> TimerId {
-        self.timers.insert(at, token, data)
+        self.timers.insert(at, TimerKind::User(token, data))
     }
 
     /// Cancels a timer; a no-op when it fired or was cancelled already.
+    /// O(log n), and the memory is released at once.
     pub fn cancel_timer(&mut self, id: TimerId) {
-        self.timers.cancel(id);
+        if let Some(TimerKind::User(..)) = self.timers.get(id) {
+            self.timers.cancel(id);
+        }
+    }
+
+    /// Timers pending on this thread (the handler's and the reactor's).
+    pub fn timers_pending(&self) -> usize {
+        self.timers.len()
     }
 
     /// True once a graceful stop was requested.
@@ -180,7 +253,8 @@ impl Context<'_> {
     }
 }
 
-/// A cloneable handle that sends work to one reactor thread.
+/// A cloneable, `Send + Sync` handle that sends work to one reactor
+/// thread: a channel plus the thread's `mio::Waker`.
 #[derive(Debug)]
 pub struct Remote<M> {
     tx: Sender<M>,
@@ -194,10 +268,11 @@ impl<M> Clone for Remote<M> {
 }
 
 impl<M: Send> Remote<M> {
-    /// Queues `msg` for the thread and wakes it.
+    /// Queues `msg` for the thread and wakes it. Never blocks. Fails with
+    /// [`ReactorError::Stopped`] once the thread has exited.
     pub fn send(&self, msg: M) -> Result<(), ReactorError> {
         self.tx.send(msg).map_err(|_| ReactorError::Stopped)?;
-        self.waker.wake().map_err(ReactorError::Setup)
+        self.waker.wake().map_err(ReactorError::Wake)
     }
 }
 
@@ -208,7 +283,14 @@ struct Stop {
     deadline: Mutex<Option<Instant>>,
 }
 
-/// A running reactor.
+impl Stop {
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A running reactor. Dropping it without [`join`](Self::join) stops the
+/// threads at once (zero grace) and waits for them.
 #[derive(Debug)]
 pub struct ReactorHandle<M> {
     addrs: Vec<SocketAddr>,
@@ -217,8 +299,27 @@ pub struct ReactorHandle<M> {
     stop: Arc<Stop>,
 }
 
+impl<M> ReactorHandle<M> {
+    fn request_stop(&self, grace: Duration) {
+        let at = Instant::now() + grace;
+        {
+            let mut d = self
+                .stop
+                .deadline
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A second request may shorten the grace, never extend it.
+            *d = Some(d.map_or(at, |old| old.min(at)));
+        }
+        self.stop.requested.store(true, Ordering::SeqCst);
+        for r in &self.remotes {
+            let _ = r.waker.wake();
+        }
+    }
+}
+
 impl<M: Send + 'static> ReactorHandle<M> {
-    /// The bound addresses, in `listen` order (port 0 resolved).
+    /// The bound addresses, in `listen` order, with port 0 resolved.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
@@ -228,7 +329,7 @@ impl<M: Send + 'static> ReactorHandle<M> {
         self.remotes.len()
     }
 
-    /// A sender to thread `thread`.
+    /// A sender to thread `thread` (panics if `thread >= threads()`).
     pub fn remote(&self, thread: usize) -> Remote<M> {
         self.remotes[thread].clone()
     }
@@ -238,22 +339,37 @@ impl<M: Send + 'static> ReactorHandle<M> {
         self.remotes.clone()
     }
 
-    /// Begins a graceful stop; threads exit when their handler is done or
-    /// after `grace`.
+    /// Begins a graceful stop: every thread closes its listeners and calls
+    /// [`Handler::shutdown`]; a thread exits when that returns true, or
+    /// at `grace` from now. Calling it again can only shorten the grace.
     pub fn shutdown(&self, grace: Duration) {
-        *self.stop.deadline.lock() = Some(Instant::now() + grace);
-        self.stop.requested.store(true, Ordering::SeqCst);
-        for r in &self.remotes {
-            let _ = r.waker.wake();
-        }
+        self.request_stop(grace);
     }
 
-    /// Waits for every thread to exit (a handler panic is re-raised).
-    pub fn join(self) {
-        for t in self.threads {
+    /// Waits for every thread to exit. If a handler panicked, the first
+    /// panic is re-raised here, after all threads have been joined.
+    pub fn join(mut self) {
+        let mut panic = None;
+        for t in self.threads.drain(..) {
             if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
+                panic.get_or_insert(p);
             }
+        }
+        if let Some(p) = panic {
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+impl<M> Drop for ReactorHandle<M> {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.request_stop(Duration::ZERO);
+        for t in self.threads.drain(..) {
+            // A panic is not re-raised from drop (it may be unwinding).
+            let _ = t.join();
         }
     }
 }
@@ -263,8 +379,11 @@ impl<M: Send + 'static> ReactorHandle<M> {
 pub struct Reactor;
 
 impl Reactor {
-    /// Binds the listeners, spawns the threads, and makes one handler per
-    /// thread with `factory(thread_index)` on that thread.
+    /// Binds the listeners (port 0 is resolved once, then every thread
+    /// binds the same port with SO_REUSEPORT), spawns the threads, and
+    /// makes one handler per thread with `factory(thread_index)` on that
+    /// thread. Binding happens here, so a busy port is reported now and
+    /// connections made after this returns are queued, not refused.
     pub fn start<H, F>(
         cfg: ReactorConfig,
         factory: F,
@@ -280,7 +399,7 @@ impl Reactor {
         };
         // Resolve port 0 once, so every thread binds the same port.
         let mut addrs = Vec::with_capacity(cfg.listen.len());
-        let mut first: Vec<StdListener> = Vec::new();
+        let mut first = Vec::with_capacity(cfg.listen.len());
         for &addr in &cfg.listen {
             let l = bind(addr, cfg.backlog)?;
             let bound = l
@@ -297,47 +416,34 @@ impl Reactor {
                 .collect::<Result<Vec<_>, _>>()?;
             per_thread.push(ls);
         }
-        let stop = Arc::new(Stop::default());
+        let mut handle = ReactorHandle {
+            addrs,
+            remotes: Vec::with_capacity(n),
+            threads: Vec::with_capacity(n),
+            stop: Arc::new(Stop::default()),
+        };
         let factory = Arc::new(factory);
-        let mut remotes = Vec::with_capacity(n);
-        let mut threads = Vec::with_capacity(n);
+        // On error, dropping `handle` stops the threads already started.
         for (i, listeners) in per_thread.into_iter().enumerate() {
-            let poll = Poll::new().map_err(ReactorError::Setup)?;
-            let waker = Arc::new(
-                Waker::new(poll.registry(), WAKER)
-                    .map_err(ReactorError::Setup)?,
-            );
-            let (tx, rx) = crossbeam_channel::unbounded();
-            remotes.push(Remote { tx, waker });
-            let mut mio_listeners = Vec::with_capacity(listeners.len());
-            for (j, l) in listeners.into_iter().enumerate() {
-                l.set_nonblocking(true).map_err(ReactorError::Setup)?;
-                let mut ml = TcpListener::from_std(l);
-                poll.registry()
-                    .register(
-                        &mut ml,
-                        Token(LISTENER_BASE + j),
-                        Interest::READABLE,
-                    )
-                    .map_err(ReactorError::Setup)?;
-                mio_listeners.push(Some(ml));
-            }
-            let stop = Arc::clone(&stop);
+            let (worker, remote) = worker::Worker::<H>::new(
+                i,
+                listeners,
+                Arc::clone(&handle.stop),
+            )?;
+            handle.remotes.push(remote);
             let factory = Arc::clone(&factory);
             let t = std::thread::Builder::new()
                 .name(format!("{}-{i}", cfg.name))
-                .spawn(move || {
-                    let handler = factory(i);
-                    run(i, poll, mio_listeners, rx, stop, handler);
-                })
+                .spawn(move || worker.run(factory(i)))
                 .map_err(ReactorError::Setup)?;
-            threads.push(t);
+            handle.threads.push(t);
         }
-        Ok(ReactorHandle { addrs, remotes, threads, stop })
+        Ok(handle)
     }
 }
 
-/// A non-blocking SO_REUSEPORT listener.
+/// A non-blocking SO_REUSEADDR + SO_REUSEPORT listener (IPV6_V6ONLY on
+/// IPv6).
 fn bind(addr: SocketAddr, backlog: i32) -> Result<StdListener, ReactorError> {
     let err = |source| ReactorError::Bind { addr, source };
     let sock = Socket::new(
@@ -355,130 +461,4 @@ fn bind(addr: SocketAddr, backlog: i32) -> Result<StdListener, ReactorError> {
     sock.bind(&addr.into()).map_err(err)?;
     sock.listen(backlog).map_err(err)?;
     Ok(sock.into())
-}
-
-/// Marker data for the reactor's own listener-backoff timers.
-const BACKOFF_TOKEN_BASE: usize = LISTENER_BASE + (1 << 20);
-
-/// One thread's loop.
-fn run<H: Handler>(
-    index: usize,
-    mut poll: Poll,
-    mut listeners: Vec<Option<TcpListener>>,
-    rx: Receiver<H::Msg>,
-    stop: Arc<Stop>,
-    mut handler: H,
-) {
-    let mut events = Events::with_capacity(1024);
-    let mut timers = Timers::new();
-    let mut stopping = false;
-    let mut fired = Vec::new();
-    loop {
-        let now = Instant::now();
-        let mut timeout =
-            timers.next_deadline().map(|d| d.saturating_duration_since(now));
-        if stopping {
-            let deadline = stop.deadline.lock().unwrap_or(now);
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
-                return;
-            }
-            timeout = Some(timeout.map_or(left, |t| t.min(left)));
-        }
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                panic!("poll failed: {e}");
-            }
-        }
-        let now = Instant::now();
-        let mut cx = Context {
-            registry: poll.registry(),
-            timers: &mut timers,
-            now,
-            thread: index,
-            stopping,
-        };
-        if !stopping && stop.requested.load(Ordering::SeqCst) {
-            stopping = true;
-            cx.stopping = true;
-            for l in listeners.iter_mut() {
-                if let Some(mut l) = l.take() {
-                    let _ = cx.registry.deregister(&mut l);
-                }
-            }
-            if handler.shutdown(&mut cx) {
-                return;
-            }
-        }
-        for event in events.iter() {
-            let token = event.token();
-            if token == WAKER {
-                continue;
-            }
-            if token.0 >= LISTENER_BASE {
-                let j = token.0 - LISTENER_BASE;
-                accept_all(&mut handler, &mut cx, &mut listeners, j);
-                continue;
-            }
-            handler.event(&mut cx, event);
-        }
-        // Messages: drained on every iteration (a wake may be coalesced).
-        while let Ok(msg) = rx.try_recv() {
-            handler.message(&mut cx, msg);
-        }
-        fired.clear();
-        cx.timers.expire(now, &mut fired);
-        for &(token, data) in &fired {
-            if token.0 >= BACKOFF_TOKEN_BASE {
-                let j = token.0 - BACKOFF_TOKEN_BASE;
-                if let Some(Some(l)) = listeners.get_mut(j) {
-                    let _ = cx.registry.register(
-                        l,
-                        Token(LISTENER_BASE + j),
-                        Interest::READABLE,
-                    );
-                    accept_all(&mut handler, &mut cx, &mut listeners, j);
-                }
-                continue;
-            }
-            handler.timer(&mut cx, token, data);
-        }
-        if stopping && handler.shutdown(&mut cx) {
-            return;
-        }
-    }
-}
-
-/// Accepts until WouldBlock; on errors such as EMFILE, pauses the
-/// listener for [`ACCEPT_BACKOFF`] instead of spinning or dying.
-fn accept_all<H: Handler>(
-    handler: &mut H,
-    cx: &mut Context<'_>,
-    listeners: &mut [Option<TcpListener>],
-    j: usize,
-) {
-    loop {
-        let Some(Some(l)) = listeners.get_mut(j) else { return };
-        match l.accept() {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().unwrap_or(peer);
-                handler.accept(cx, stream, peer, local);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted
-                        | io::ErrorKind::ConnectionAborted
-                        | io::ErrorKind::ConnectionReset
-                ) => {}
-            Err(_) => {
-                let _ = cx.registry.deregister(l);
-                let at = cx.now + ACCEPT_BACKOFF;
-                cx.timers.insert(at, Token(BACKOFF_TOKEN_BASE + j), 0);
-                return;
-            }
-        }
-    }
 }

@@ -740,7 +740,11 @@ impl Outbound {
                 })
             })
             .collect();
-        self.shared.queue().report(cur.item.id, outcomes);
+        // Let go of the mapping first: a message nobody reads any more
+        // can return its file to the spool's pool when it is deleted.
+        let id = cur.item.id;
+        drop(cur);
+        self.shared.queue().report(id, outcomes);
     }
 
     /// Writes pending commands, then the body parts straight from the

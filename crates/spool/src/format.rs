@@ -2,22 +2,27 @@
 //!
 //! ```text
 //! offset 0      header (64 bytes): magic "MILLRSP\x01", version u32,
-//!               recipient slots u32, id u128, body offset u64, zeros
+//!               recipient slots u32, id u128, body offset u64, body_len
+//!               u64, env_len u64, zeros (both lengths 0 until commit)
 //! offset 64     done map: one byte per recipient slot, 0 = pending,
 //!               1 = final; only ever goes 0 -> 1 (by pwrite), so a torn
 //!               write is harmless; not covered by the checksum
 //! body offset   body (wire form), body_len bytes (64 + slots, rounded
 //!               up to 8)
 //! ...           envelope (see `envelope`), env_len bytes
-//! end - 32      trailer: body_len u64, env_len u64, crc32c u32, zero
-//!               u32, magic "MILLREND"
+//! ...           trailer (32 bytes): body_len u64, env_len u64, crc32c
+//!               u32, zero u32, magic "MILLREND"
+//! ...           unused space up to the end of the file (files are
+//!               reused, so it may hold anything)
 //! ```
 //!
-//! The crc32c covers the header, the body, the envelope and the two
-//! trailer lengths. A file is committed if and only if its trailer
-//! validates. A file without a trailer magic at its end is incomplete
-//! (never acknowledged); a file with one that does not validate is
-//! corrupt.
+//! The crc32c covers the header (lengths included), the body, the
+//! envelope and the two trailer lengths. A file is committed if and only
+//! if its header carries lengths, its trailer sits where they say with
+//! the same lengths, and the checksum validates. Without lengths, or
+//! without that trailer, the file is incomplete (never acknowledged);
+//! with them but a bad checksum it is corrupt. Freeing a file for reuse
+//! zeroes the header magic.
 
 /// Size of the fixed header.
 pub(crate) const HEADER_LEN: usize = 64;
@@ -28,7 +33,7 @@ pub(crate) const MAX_SLOTS: usize = 1 << 20;
 
 const HEADER_MAGIC: [u8; 8] = *b"MILLRSP\x01";
 const TRAILER_MAGIC: [u8; 8] = *b"MILLREND";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Where the body starts for `slots` recipients.
 pub(crate) fn body_offset(slots: u32) -> u64 {
@@ -41,6 +46,10 @@ pub(crate) struct Header {
     pub(crate) slots: u32,
     pub(crate) id: u128,
     pub(crate) body_off: u64,
+    /// Body length; 0 with `env_len` 0 until commit.
+    pub(crate) body_len: u64,
+    /// Envelope length; never 0 once committed.
+    pub(crate) env_len: u64,
 }
 
 impl Header {
@@ -51,7 +60,22 @@ impl Header {
         b[12..16].copy_from_slice(&self.slots.to_le_bytes());
         b[16..32].copy_from_slice(&self.id.to_le_bytes());
         b[32..40].copy_from_slice(&self.body_off.to_le_bytes());
+        b[40..48].copy_from_slice(&self.body_len.to_le_bytes());
+        b[48..56].copy_from_slice(&self.env_len.to_le_bytes());
         b
+    }
+
+    /// Whether the magic is there at all (zeroed when a file is freed).
+    pub(crate) fn has_magic(b: &[u8; HEADER_LEN]) -> bool {
+        b[0..8] == HEADER_MAGIC
+    }
+
+    /// Offset just past the trailer, if the lengths do not overflow.
+    pub(crate) fn record_end(&self) -> Option<u64> {
+        self.body_off
+            .checked_add(self.body_len)?
+            .checked_add(self.env_len)?
+            .checked_add(TRAILER_LEN as u64)
     }
 
     pub(crate) fn decode(b: &[u8; HEADER_LEN]) -> Result<Self, String> {
@@ -65,6 +89,8 @@ impl Header {
             slots: le_u32(&b[12..16]),
             id: u128::from_le_bytes(b[16..32].try_into().unwrap_or([0; 16])),
             body_off: le_u64(&b[32..40]),
+            body_len: le_u64(&b[40..48]),
+            env_len: le_u64(&b[48..56]),
         };
         if h.slots as usize > MAX_SLOTS || h.body_off != body_offset(h.slots) {
             return Err("bad recipient count or body offset".into());
@@ -142,14 +168,23 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_checks() {
-        let h = Header { slots: 3, id: 42, body_off: body_offset(3) };
+        let h = Header {
+            slots: 3,
+            id: 42,
+            body_off: body_offset(3),
+            body_len: 10,
+            env_len: 20,
+        };
         assert_eq!(h.body_off, 72);
+        assert_eq!(h.record_end(), Some(72 + 10 + 20 + TRAILER_LEN as u64));
         let mut b = h.encode();
         assert_eq!(Header::decode(&b), Ok(h));
         b[32] ^= 1;
         assert!(Header::decode(&b).is_err());
+        assert!(Header::has_magic(&b));
         b[0] = 0;
         assert!(Header::decode(&b).is_err());
+        assert!(!Header::has_magic(&b));
     }
 
     #[test]

@@ -1,18 +1,23 @@
 //! Millrace spool: durable, mmap'd message files with group-commit
 //! fsync, a lock file and a startup recovery scan.
 //!
-//! Each message is one file, `<dir>/q/<XX>/<ID>`, created with
-//! `O_EXCL`; `XX` comes from the arrival time and changes about once a
-//! second, so one group commit usually fsyncs one directory. The
-//! receiver writes the body straight into a mapping of the file
-//! ([`Incoming::spare`] / [`Incoming::advance`]); [`Spool::commit`]
-//! appends the envelope and a
-//! checksummed trailer and hands the file to a committer thread, which
-//! `fdatasync`s every file finished in the same window, fsyncs each
-//! directory touched, and only then reports success. A file is
-//! committed if and only if its trailer validates; [`Spool::recover`]
+//! Each message is one file, `<dir>/q/<XX>/<ID>`; `XX` comes from the
+//! arrival time and changes about once a second, so one group commit
+//! usually fsyncs one directory. The receiver writes the body straight
+//! into a mapping of the file ([`Incoming::spare`] /
+//! [`Incoming::advance`]); [`Spool::commit`] writes the envelope and a
+//! checksummed trailer through the same mapping and hands the file to a
+//! committer thread, which makes every file finished in the same window
+//! durable with one sync step and only then reports success. A file is
+//! committed if and only if its record validates; [`Spool::recover`]
 //! deletes the rest at startup. The on-disk layout is described in the
 //! `format` module source.
+//!
+//! Files are reused: a deleted message's file is renamed into
+//! `<dir>/free/` (still open and mapped) and the next message is
+//! renamed out of it, and a recently committed message stays mapped so
+//! delivery reads it without a system call (see the `reuse` module
+//! source for why: on ext4 this is most of the cost of a message).
 //!
 //! ```
 //! use millrace_spool::{Envelope, Recipient, Spool, SpoolOptions};
@@ -49,13 +54,15 @@ mod envelope;
 mod error;
 mod format;
 mod id;
+mod incoming;
+mod reuse;
 mod spool;
+mod stored;
 mod sys;
 
 pub use envelope::{Envelope, Recipient};
 pub use error::SpoolError;
 pub use id::{ID_TEXT_LEN, MessageId, ParseIdError};
-pub use spool::{
-    GROWTH_SLACK, Incoming, Recovery, Spool, SpoolOptions, StoredMessage,
-    SyncMethod,
-};
+pub use incoming::Incoming;
+pub use spool::{GROWTH_SLACK, Recovery, Spool, SpoolOptions, SyncMethod};
+pub use stored::StoredMessage;

@@ -7,18 +7,19 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
-use memmap2::{Mmap, MmapMut, MmapOptions};
+use memmap2::{MmapMut, MmapOptions};
 
-use crate::envelope::{self, Envelope};
+use crate::envelope::Envelope;
 use crate::error::io_err;
-use crate::format::{
-    self, HEADER_LEN, Header, MAX_SLOTS, TRAILER_LEN, Trailer, body_offset,
-};
+use crate::format::{HEADER_LEN, Header, MAX_SLOTS, body_offset};
+use crate::incoming::{Finished, Incoming};
+use crate::reuse::{HOT_MAX, Hot, Mapped, Pool, Slot, lock};
+use crate::stored::{Bad, StoredMessage, load};
 use crate::sys;
 use crate::{MessageId, SpoolError};
 
@@ -96,11 +97,18 @@ struct Inner {
     _lock: File,
 }
 
-/// State shared with the committer thread (which must not hold
-/// `Inner`, or the spool could never be dropped).
+/// State shared with the committer thread and with messages being
+/// received (which must not hold `Inner`, or the spool could never be
+/// dropped).
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     q: PathBuf,
+    /// `<dir>/free`: pooled files.
+    free: PathBuf,
+    pool: Mutex<Pool>,
+    hot: Mutex<Hot>,
+    /// Name of the next file to enter the pool.
+    next_free: AtomicU64,
     /// Whether each fan-out directory's own entry in `q` is durable.
     fan_durable: [AtomicBool; 256],
     method: SyncMethod,
@@ -112,6 +120,72 @@ impl Shared {
     fn fan_dir(&self, fan: u8) -> PathBuf {
         self.q.join(format!("{fan:02X}"))
     }
+
+    fn free_path(&self, name: u64) -> PathBuf {
+        self.free.join(format!("{name:016x}"))
+    }
+
+    /// Takes a pooled file and renames it to `path`; `None` when the
+    /// pool is empty or the rename fails (the file is then dropped).
+    fn take_free(&self, path: &Path) -> Option<Mapped> {
+        let slot = lock(&self.pool).pop()?;
+        let from = self.free_path(slot.name);
+        let moved = match sys::rename_noreplace(&from, path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Most likely the fan-out directory is new.
+                path.parent()
+                    .map_or(Ok(()), fs::create_dir_all)
+                    .and_then(|()| sys::rename_noreplace(&from, path))
+            }
+            r => r,
+        };
+        match moved {
+            Ok(()) => Some(slot.mapped),
+            Err(_) => {
+                let _ = fs::remove_file(&from);
+                None
+            }
+        }
+    }
+
+    /// Retires the message file at `path`: into the pool (renamed under
+    /// `free/`, header magic zeroed) when there is room, otherwise
+    /// unlinked. `NotFound` if there is no such file.
+    pub(crate) fn recycle(
+        &self,
+        path: &Path,
+        mut m: Mapped,
+    ) -> io::Result<()> {
+        if !lock(&self.pool).has_room(m.map.len()) {
+            drop(m);
+            return fs::remove_file(path);
+        }
+        let name = self.next_free.fetch_add(1, Ordering::Relaxed);
+        fs::rename(path, self.free_path(name))?;
+        // A lost write of this only means the old message is found
+        // again after a crash, as with a lost unlink; the name in
+        // `free/` keeps it out of every scan anyway.
+        m.map[..8].fill(0);
+        lock(&self.pool).push(Slot { mapped: m, name });
+        Ok(())
+    }
+
+    /// A fresh mapping of all of `file` (`len` bytes, allocated).
+    pub(crate) fn map(
+        file: &File,
+        len: usize,
+        path: &Path,
+    ) -> Result<MmapMut, SpoolError> {
+        // SAFETY: spool files are written only by this process (the
+        // spool directory is locked), through this mapping or by
+        // `pwrite` of the done map, which no slice handed out covers;
+        // the caller allocated `len` bytes (fallocate), so every store
+        // is backed and cannot fault on ENOSPC; files are never
+        // truncated while mapped except a trimmed one, whose mapping is
+        // dropped first.
+        unsafe { MmapOptions::new().len(len).map_mut(file) }
+            .map_err(io_err("mmap", path))
+    }
 }
 
 type Done = Box<dyn FnOnce(Result<MessageId, SpoolError>) + Send>;
@@ -119,7 +193,7 @@ type Done = Box<dyn FnOnce(Result<MessageId, SpoolError>) + Send>;
 struct Job {
     id: MessageId,
     path: PathBuf,
-    file: Option<File>,
+    rec: Option<Finished>,
     result: Result<(), SpoolError>,
     done: Done,
 }
@@ -187,8 +261,14 @@ impl Spool {
             Err(e) => return Err(io_err("create", &q)(e)),
         }
         let root_dir = File::open(&q).map_err(io_err("open", &q))?;
+        let free = dir.join("free");
+        let (pool, next_free) = adopt_free_files(&free)?;
         let shared = Shared {
             q: q.clone(),
+            free,
+            pool: Mutex::new(pool),
+            hot: Mutex::new(Hot::new(HOT_MAX)),
+            next_free: AtomicU64::new(next_free),
             fan_durable: std::array::from_fn(|_| AtomicBool::new(false)),
             method,
             root_dir,
@@ -234,7 +314,8 @@ impl Spool {
     }
 
     /// A new message file with room for `recipients` recipients,
-    /// mmap'd for writing the body.
+    /// mmap'd for writing the body. Reuses a pooled file when there is
+    /// one.
     pub fn create(&self, recipients: usize) -> Result<Incoming, SpoolError> {
         if recipients > MAX_SLOTS {
             return Err(SpoolError::TooManyRecipients {
@@ -242,20 +323,66 @@ impl Spool {
                 got: recipients,
             });
         }
+        let shared = &self.inner.shared;
         let slots = recipients as u32;
         let body_off = body_offset(slots);
+        let limit = usize::try_from(
+            self.inner.opts.max_message_size.saturating_add(GROWTH_SLACK),
+        )
+        .unwrap_or(usize::MAX);
+        let id = MessageId::generate();
+        let mut path = self.message_path(id);
+        let (id, mapped) = match shared.take_free(&path) {
+            Some(m) => (id, m),
+            None => {
+                let (id, file) = self.create_file(id, &mut path)?;
+                let len = self
+                    .inner
+                    .opts
+                    .initial_size
+                    .clamp(4096, limit.max(4096))
+                    .max(body_off as usize + 4096)
+                    .next_multiple_of(4096);
+                let mapped = sys::allocate(&file, len as u64)
+                    .map_err(io_err("fallocate", &path))
+                    .and_then(|()| Shared::map(&file, len, &path))
+                    .map(|map| Mapped { file, map });
+                match mapped {
+                    Ok(m) => (id, m),
+                    Err(e) => {
+                        let _ = fs::remove_file(&path);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let header = Header {
+            slots,
+            id: id.as_u128(),
+            body_off,
+            body_len: 0,
+            env_len: 0,
+        };
+        Incoming::new(Arc::clone(shared), path, mapped, header, limit)
+    }
+
+    /// Creates a new, empty message file (`O_EXCL`), retrying with a
+    /// fresh id on the (unlikely) clash; `path` follows the id.
+    fn create_file(
+        &self,
+        mut id: MessageId,
+        path: &mut PathBuf,
+    ) -> Result<(MessageId, File), SpoolError> {
         let mut attempt = 0;
-        let (id, path, file) = loop {
-            let id = MessageId::generate();
+        loop {
             let fan_dir = self.inner.shared.fan_dir(id.fan());
-            let path = fan_dir.join(id.to_string());
             let open = || {
                 OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)
+                    .open(&*path)
             };
             let res = match open() {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -270,37 +397,18 @@ impl Spool {
                 r => r,
             };
             match res {
-                Ok(f) => break (id, path, f),
+                Ok(f) => return Ok((id, f)),
                 Err(e)
                     if e.kind() == io::ErrorKind::AlreadyExists
                         && attempt < 16 =>
                 {
                     attempt += 1;
+                    id = MessageId::generate();
+                    *path = self.message_path(id);
                 }
-                Err(e) => return Err(io_err("create", &path)(e)),
+                Err(e) => return Err(io_err("create", &*path)(e)),
             }
-        };
-        let header = Header { slots, id: id.as_u128(), body_off }.encode();
-        let limit = usize::try_from(
-            self.inner.opts.max_message_size.saturating_add(GROWTH_SLACK),
-        )
-        .unwrap_or(usize::MAX);
-        let mut msg = Incoming {
-            id,
-            path,
-            file: Some(file),
-            map: None,
-            header,
-            slots,
-            body_off,
-            len: 0,
-            limit,
-        };
-        msg.file_ref()?
-            .write_all_at(&header, 0)
-            .map_err(io_err("write", &msg.path))?;
-        msg.grow(self.inner.opts.initial_size.clamp(4096, limit.max(4096)))?;
-        Ok(msg)
+        }
     }
 
     /// Group commit: writes the envelope and trailer, makes the file and
@@ -315,15 +423,15 @@ impl Spool {
         done: Box<dyn FnOnce(Result<MessageId, SpoolError>) + Send>,
     ) {
         let mut msg = msg;
-        let id = msg.id;
-        let path = msg.path.clone();
-        let (file, result) = match msg.finish(env) {
+        let id = msg.id();
+        let path = msg.path().to_path_buf();
+        let (rec, result) = match msg.finish(env) {
             Ok(f) => (Some(f), Ok(())),
             Err(e) => (None, Err(e)),
         };
-        // On error `msg` still owns the file and unlinks it here.
+        // On error `msg` still owns the file and retires it here.
         drop(msg);
-        let job = Job { id, path, file, result, done };
+        let job = Job { id, path, rec, result, done };
         let Some(tx) = &self.inner.tx else {
             fail(job, SpoolError::Closed);
             return;
@@ -350,11 +458,17 @@ impl Spool {
         rx.recv().unwrap_or(Err(SpoolError::Closed))
     }
 
-    /// Opens a committed message (mmap, checksum validated).
+    /// Opens a committed message (mmap, checksum validated). A
+    /// recently committed one is served from the mapping it was
+    /// received into.
     pub fn open_message(
         &self,
         id: MessageId,
     ) -> Result<StoredMessage, SpoolError> {
+        let held = lock(&self.inner.shared.hot).get(id);
+        if let Some(h) = held {
+            return StoredMessage::hot(h);
+        }
         match load(&self.message_path(id), id) {
             Ok(m) => Ok(m),
             Err(Bad::NotFound) => Err(SpoolError::NotFound(id)),
@@ -375,6 +489,26 @@ impl Spool {
         rcpts: &[u32],
     ) -> Result<(), SpoolError> {
         let path = self.message_path(id);
+        let mut idx: Vec<u32> = rcpts.to_vec();
+        idx.sort_unstable();
+        idx.dedup();
+        let held = lock(&self.inner.shared.hot).get(id);
+        if let Some(h) = held {
+            check_indices(&idx, h.header.slots)?;
+            write_done(&h.mapped.file, &idx, &path)?;
+            let mut mirror = lock(&h.done);
+            for &i in &idx {
+                if let Some(b) = mirror.get_mut(i as usize) {
+                    *b = 1;
+                }
+            }
+            drop(mirror);
+            return h
+                .mapped
+                .file
+                .sync_data()
+                .map_err(io_err("fdatasync", &path));
+        }
         let file = match OpenOptions::new().read(true).write(true).open(&path)
         {
             Ok(f) => f,
@@ -390,35 +524,24 @@ impl Spool {
         if h.id != id.as_u128() {
             return Err(SpoolError::Corrupt(format!("{id}: id mismatch")));
         }
-        let mut idx: Vec<u32> = rcpts.to_vec();
-        idx.sort_unstable();
-        idx.dedup();
-        if let Some(&bad) = idx.iter().find(|&&r| r >= h.slots) {
-            return Err(SpoolError::BadRecipient {
-                index: bad,
-                count: h.slots,
-            });
-        }
-        let ones = vec![1u8; idx.len()];
-        let mut i = 0;
-        while i < idx.len() {
-            let mut j = i + 1;
-            while j < idx.len() && idx[j] == idx[j - 1] + 1 {
-                j += 1;
-            }
-            let off = HEADER_LEN as u64 + u64::from(idx[i]);
-            file.write_all_at(&ones[..j - i], off)
-                .map_err(io_err("write", &path))?;
-            i = j;
-        }
+        check_indices(&idx, h.slots)?;
+        write_done(&file, &idx, &path)?;
         file.sync_data().map_err(io_err("fdatasync", &path))
     }
 
     /// Removes a message (no fsync: a lost unlink only means a
-    /// duplicate delivery after a crash).
+    /// duplicate delivery after a crash). A recently committed message
+    /// nobody is reading any more goes back to the pool of files.
     pub fn delete(&self, id: MessageId) -> Result<(), SpoolError> {
         let path = self.message_path(id);
-        match fs::remove_file(&path) {
+        let held = lock(&self.inner.shared.hot).remove(id);
+        let res = match held.map(Arc::try_unwrap) {
+            Some(Ok(h)) => self.inner.shared.recycle(&path, h.mapped),
+            // Still being read (the mapping outlives the name), or
+            // no longer mapped: unlink.
+            Some(Err(_)) | None => fs::remove_file(&path),
+        };
+        match res {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(SpoolError::NotFound(id))
@@ -538,6 +661,84 @@ fn move_aside(path: &Path, quarantine: &Path) -> io::Result<()> {
     fs::rename(path, quarantine.join(name))
 }
 
+/// Every index must be below `slots`.
+fn check_indices(idx: &[u32], slots: u32) -> Result<(), SpoolError> {
+    match idx.iter().find(|&&r| r >= slots) {
+        Some(&bad) => {
+            Err(SpoolError::BadRecipient { index: bad, count: slots })
+        }
+        None => Ok(()),
+    }
+}
+
+/// Writes 1 into the done map for `idx` (sorted), one `pwrite` per run
+/// of consecutive indices.
+fn write_done(
+    file: &File,
+    idx: &[u32],
+    path: &Path,
+) -> Result<(), SpoolError> {
+    let ones = vec![1u8; idx.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i + 1;
+        while j < idx.len() && idx[j] == idx[j - 1] + 1 {
+            j += 1;
+        }
+        let off = HEADER_LEN as u64 + u64::from(idx[i]);
+        file.write_all_at(&ones[..j - i], off)
+            .map_err(io_err("write", path))?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// Opens the pooled files left in `free` (creating it) and returns
+/// them as a pool, with the next unused name. Files that do not fit
+/// the pool are removed.
+fn adopt_free_files(free: &Path) -> Result<(Pool, u64), SpoolError> {
+    match fs::create_dir(free) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create", free)(e)),
+    }
+    let mut pool = Pool::default();
+    let mut next = 0u64;
+    for entry in fs::read_dir(free).map_err(io_err("read", free))? {
+        let entry = entry.map_err(io_err("read", free))?;
+        let path = entry.path();
+        let name = entry
+            .file_name()
+            .to_str()
+            .filter(|s| s.len() == 16)
+            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        let Some(name) = name else { continue };
+        next = next.max(name.saturating_add(1));
+        let adopted = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))
+            .and_then(|file| {
+                let len =
+                    file.metadata().map_err(io_err("stat", &path))?.len();
+                let len = usize::try_from(len).unwrap_or(usize::MAX);
+                if len < 4096 || !pool.has_room(len) {
+                    return Ok(None);
+                }
+                let map = Shared::map(&file, len, &path)?;
+                Ok(Some(Mapped { file, map }))
+            });
+        match adopted {
+            Ok(Some(mapped)) => pool.push(Slot { mapped, name }),
+            Ok(None) | Err(_) => {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    Ok((pool, next))
+}
+
 fn fail(job: Job, e: SpoolError) {
     let _ = fs::remove_file(&job.path);
     let done = job.done;
@@ -561,7 +762,12 @@ fn committer(shared: &Shared, rx: &Receiver<Job>) {
             match job.result {
                 Ok(()) => {
                     let (done, id) = (job.done, job.id);
-                    drop(job.file);
+                    if let Some(Finished::Mapped(held)) = job.rec {
+                        // Kept mapped for delivery; whatever had to
+                        // leave is unmapped outside the lock.
+                        let out = lock(&shared.hot).insert(Arc::from(held));
+                        drop(out);
+                    }
                     let _ =
                         catch_unwind(AssertUnwindSafe(move || done(Ok(id))));
                 }
@@ -570,7 +776,7 @@ fn committer(shared: &Shared, rx: &Receiver<Job>) {
                     let e = std::mem::replace(&mut job.result, Ok(()))
                         .err()
                         .unwrap_or(SpoolError::Closed);
-                    drop(job.file.take());
+                    drop(job.rec.take());
                     fail(job, e);
                 }
             }
@@ -605,15 +811,16 @@ fn sync_batch(
     }
     if shared.method == SyncMethod::WritebackFirst {
         for job in batch.iter() {
-            if let (Ok(()), Some(f)) = (&job.result, &job.file) {
+            if let (Ok(()), Some(f)) = (&job.result, &job.rec) {
+                let f = f.file();
                 // Errors surface again in fdatasync below.
                 let _ = sys::start_writeback(f);
             }
         }
     }
     for job in batch.iter_mut() {
-        if let (Ok(()), Some(f)) = (&job.result, &job.file) {
-            if let Err(e) = f.sync_data() {
+        if let (Ok(()), Some(f)) = (&job.result, &job.rec) {
+            if let Err(e) = f.file().sync_data() {
                 job.result = Err(io_err("fdatasync", &job.path)(e));
             }
         }
@@ -674,251 +881,4 @@ fn sync_batch(
             }
         }
     }
-}
-
-/// A message being received: a new spool file whose body is written
-/// straight into a mapping. Dropping it without commit removes the
-/// file.
-#[derive(Debug)]
-pub struct Incoming {
-    id: MessageId,
-    path: PathBuf,
-    /// `None` once handed to the committer.
-    file: Option<File>,
-    /// Maps `[body_off, body_off + cap)` of the file.
-    map: Option<MmapMut>,
-    header: [u8; HEADER_LEN],
-    slots: u32,
-    body_off: u64,
-    len: usize,
-    limit: usize,
-}
-
-impl Incoming {
-    /// The id this message will be committed under.
-    pub fn id(&self) -> MessageId {
-        self.id
-    }
-
-    fn file_ref(&self) -> Result<&File, SpoolError> {
-        self.file.as_ref().ok_or(SpoolError::Closed)
-    }
-
-    fn cap(&self) -> usize {
-        self.map.as_ref().map_or(0, |m| m.len())
-    }
-
-    /// Grows the mapping to at least `need` bytes of body.
-    fn grow(&mut self, need: usize) -> Result<(), SpoolError> {
-        if need > self.limit {
-            return Err(SpoolError::TooLarge);
-        }
-        let cap = need.max(self.cap().saturating_mul(2)).min(self.limit);
-        let file = self.file_ref()?;
-        sys::allocate(file, self.body_off + cap as u64)
-            .map_err(io_err("fallocate", &self.path))?;
-        // SAFETY: the file was created by us with O_EXCL inside the
-        // locked spool directory and nothing else writes or truncates it
-        // while this `Incoming` lives; it was just made at least
-        // `body_off + cap` bytes long, so the whole mapping is backed
-        // (blocks preallocated, so stores cannot fault on ENOSPC). The
-        // mapping is dropped before the file is shrunk in `finish`.
-        let map = unsafe {
-            MmapOptions::new().offset(self.body_off).len(cap).map_mut(file)
-        }
-        .map_err(io_err("mmap", &self.path))?;
-        self.map = Some(map);
-        Ok(())
-    }
-
-    /// Writable space after what is written, at least `at_least` bytes;
-    /// grows the file (geometrically) as needed. Refuses to grow past
-    /// `max_message_size` + [`GROWTH_SLACK`] with
-    /// [`SpoolError::TooLarge`].
-    pub fn spare(&mut self, at_least: usize) -> Result<&mut [u8], SpoolError> {
-        let need =
-            self.len.checked_add(at_least).ok_or(SpoolError::TooLarge)?;
-        if need > self.cap() || self.map.is_none() {
-            self.grow(need)?;
-        }
-        let len = self.len;
-        match self.map.as_mut() {
-            Some(m) => Ok(&mut m[len..]),
-            None => Err(SpoolError::Closed),
-        }
-    }
-
-    /// `n` more bytes of [`Incoming::spare`] were filled (clamped to the
-    /// mapped space).
-    pub fn advance(&mut self, n: usize) {
-        self.len = self.len.saturating_add(n).min(self.cap());
-    }
-
-    /// The body bytes written so far.
-    pub fn written(&self) -> &[u8] {
-        self.map.as_ref().map_or(&[], |m| &m[..self.len])
-    }
-
-    /// Keeps only the first `len` body bytes (no-op if `len` is not
-    /// shorter).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
-    /// Appends a copy of `data`.
-    pub fn write_all(&mut self, data: &[u8]) -> Result<(), SpoolError> {
-        let spare = self.spare(data.len())?;
-        spare[..data.len()].copy_from_slice(data);
-        self.advance(data.len());
-        Ok(())
-    }
-
-    /// Drops the message and removes its file.
-    pub fn abort(self) {}
-
-    /// Writes envelope and trailer and trims the file; hands back the
-    /// file for syncing. On error `self` still owns (and removes) it.
-    fn finish(&mut self, env: &Envelope) -> Result<File, SpoolError> {
-        if env.recipients.len() > self.slots as usize {
-            return Err(SpoolError::TooManyRecipients {
-                reserved: self.slots as usize,
-                got: env.recipients.len(),
-            });
-        }
-        let mut tail = Vec::with_capacity(256 + TRAILER_LEN);
-        envelope::encode(env, &mut tail)?;
-        let t = Trailer {
-            body_len: self.len as u64,
-            env_len: tail.len() as u64,
-            crc: 0,
-        };
-        let crc =
-            format::checksum(&self.header, self.written(), &tail, &t.lens());
-        tail.extend_from_slice(&Trailer { crc, ..t }.encode());
-        self.map = None;
-        let file = self.file_ref()?;
-        let end = self.body_off + self.len as u64;
-        file.set_len(end).map_err(io_err("ftruncate", &self.path))?;
-        file.write_all_at(&tail, end).map_err(io_err("write", &self.path))?;
-        self.file.take().ok_or(SpoolError::Closed)
-    }
-}
-
-impl Drop for Incoming {
-    fn drop(&mut self) {
-        self.map = None;
-        if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// A committed message, mapped read-only. `Send + Sync`.
-#[derive(Debug)]
-pub struct StoredMessage {
-    id: MessageId,
-    env: Envelope,
-    /// Maps body then envelope.
-    map: Mmap,
-    body_len: usize,
-    /// Snapshot of the done map taken when opened.
-    done: Vec<u8>,
-}
-
-impl StoredMessage {
-    /// The message id.
-    pub fn id(&self) -> MessageId {
-        self.id
-    }
-
-    /// The envelope.
-    pub fn envelope(&self) -> &Envelope {
-        &self.env
-    }
-
-    /// The body in wire (dot-stuffed) form, borrowed from the mapping.
-    pub fn body(&self) -> &[u8] {
-        &self.map[..self.body_len]
-    }
-
-    /// Whether recipient `rcpt` was final when the message was opened.
-    pub fn is_done(&self, rcpt: u32) -> bool {
-        self.done.get(rcpt as usize).is_some_and(|&b| b != 0)
-    }
-}
-
-/// Why a file did not load.
-enum Bad {
-    NotFound,
-    Incomplete(String),
-    Corrupt(String),
-    Io(SpoolError),
-}
-
-/// Opens and fully validates one message file.
-fn load(path: &Path, id: MessageId) -> Result<StoredMessage, Bad> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Bad::NotFound);
-        }
-        Err(e) => return Err(Bad::Io(io_err("open", path)(e))),
-    };
-    let size =
-        file.metadata().map_err(|e| Bad::Io(io_err("stat", path)(e)))?.len();
-    if size < (HEADER_LEN + TRAILER_LEN) as u64 {
-        return Err(Bad::Incomplete("shorter than header and trailer".into()));
-    }
-    let read = |buf: &mut [u8], off| {
-        file.read_exact_at(buf, off)
-            .map_err(|e| Bad::Io(io_err("read", path)(e)))
-    };
-    let mut tb = [0; TRAILER_LEN];
-    read(&mut tb, size - TRAILER_LEN as u64)?;
-    let Some(t) = Trailer::decode(&tb) else {
-        return Err(Bad::Incomplete("no trailer".into()));
-    };
-    let mut hb = [0; HEADER_LEN];
-    read(&mut hb, 0)?;
-    let h = Header::decode(&hb).map_err(Bad::Corrupt)?;
-    if h.id != id.as_u128() {
-        return Err(Bad::Corrupt(
-            "id in header differs from file name".into(),
-        ));
-    }
-    let mapped = t.body_len.checked_add(t.env_len);
-    let total = mapped
-        .and_then(|m| m.checked_add(h.body_off))
-        .and_then(|m| m.checked_add(TRAILER_LEN as u64));
-    let (Some(mapped), Some(total)) = (mapped, total) else {
-        return Err(Bad::Corrupt("lengths overflow".into()));
-    };
-    if total != size || t.env_len == 0 {
-        return Err(Bad::Corrupt("lengths disagree with file size".into()));
-    }
-    let mut done = vec![0; h.slots as usize];
-    read(&mut done, HEADER_LEN as u64)?;
-    let mapped = usize::try_from(mapped)
-        .map_err(|_| Bad::Corrupt("too large to map".into()))?;
-    // SAFETY: spool files are only written by this process (the spool
-    // directory is locked) and never modified or truncated once
-    // committed, except the done map, which lies before `body_off` and
-    // so outside every slice we hand out. Deleting the file only
-    // unlinks it, which keeps the mapping valid. `total == size` was
-    // checked above, so the mapped range is within the file.
-    let map = unsafe {
-        MmapOptions::new().offset(h.body_off).len(mapped).map(&file)
-    }
-    .map_err(|e| Bad::Io(io_err("mmap", path)(e)))?;
-    let body_len = t.body_len as usize;
-    let (body, env_bytes) = map.split_at(body_len);
-    if format::checksum(&hb, body, env_bytes, &t.lens()) != t.crc {
-        return Err(Bad::Corrupt("checksum mismatch".into()));
-    }
-    let env = envelope::decode(env_bytes)
-        .map_err(|e| Bad::Corrupt(e.to_string()))?;
-    if env.recipients.len() > h.slots as usize {
-        return Err(Bad::Corrupt("more recipients than slots".into()));
-    }
-    Ok(StoredMessage { id, env, map, body_len, done })
 }

@@ -1,8 +1,13 @@
 //! Thin wrappers over the few system calls std does not offer.
 
+#[cfg(target_os = "linux")]
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+#[cfg(target_os = "linux")]
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when someone else holds it.
 pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
@@ -53,6 +58,45 @@ pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
         file.set_len(len)?;
     }
     Ok(())
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of
+/// replacing an existing `to` (`renameat2(RENAME_NOREPLACE)` on Linux;
+/// elsewhere a check then a plain rename).
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let from = CString::new(from.as_os_str().as_bytes())?;
+        let to = CString::new(to.as_os_str().as_bytes())?;
+        loop {
+            // SAFETY: both pointers come from live NUL-terminated
+            // CStrings that outlive the call; AT_FDCWD makes relative
+            // paths relative to the working directory, as rename(2).
+            let rc = unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::RENAME_NOREPLACE,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Old kernels or file systems without the flag.
+                Some(libc::EINVAL | libc::ENOSYS) => break,
+                _ => return Err(e),
+            }
+        }
+    }
+    if to.symlink_metadata().is_ok() {
+        return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+    }
+    std::fs::rename(from, to)
 }
 
 /// Starts writeback of all dirty pages of `file` without waiting.
@@ -124,5 +168,22 @@ mod tests {
         assert_eq!(f.metadata().unwrap().len(), 100_000, "never shrinks");
         start_writeback(&f).unwrap();
         syncfs(&f).unwrap();
+    }
+
+    #[test]
+    fn rename_noreplace_refuses_to_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) =
+            (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&b).unwrap(), b"b");
+        rename_noreplace(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read(&c).unwrap(), b"a");
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 }

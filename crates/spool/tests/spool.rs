@@ -150,13 +150,15 @@ fn recovery_keeps_committed_removes_incomplete_reports_corrupt() {
         // matter, it has no trailer.
         drop(m);
 
+        // Cut inside the body: the record no longer fits the file.
         let p = spool.message_path(truncated);
         let len = fs::metadata(&p).unwrap().len();
+        assert!(len > 4000);
         OpenOptions::new()
             .write(true)
             .open(&p)
             .unwrap()
-            .set_len(len - 5)
+            .set_len(4000)
             .unwrap();
 
         let p = spool.message_path(flipped);
@@ -535,4 +537,133 @@ fn crash_safety() {
         spool.open_message(*id).unwrap();
     }
     assert_eq!(spool.list().unwrap(), rec.committed);
+}
+
+fn free_files(dir: &Path) -> usize {
+    fs::read_dir(dir.join("free")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn deleted_files_are_reused_and_never_resurrected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new);
+    {
+        let spool = Spool::open(dir.path(), opts()).unwrap();
+        old = commit(&spool, &body(1, 3000), &env(2, "old"));
+        let old_path = spool.message_path(old);
+        spool.delete(old).unwrap();
+        assert!(!old_path.exists());
+        assert_eq!(free_files(dir.path()), 1, "pooled, not unlinked");
+        assert!(matches!(
+            spool.open_message(old),
+            Err(SpoolError::NotFound(_))
+        ));
+        // The next message takes the pooled file: a shorter body over
+        // the old one, so stale bytes follow the new record.
+        new = commit(&spool, &body(2, 100), &env(1, "new"));
+        assert_eq!(free_files(dir.path()), 0, "taken from the pool");
+        let s = spool.open_message(new).unwrap();
+        assert_eq!(s.body(), &body(2, 100)[..]);
+        assert_eq!(s.envelope(), &env(1, "new"));
+        assert!(!s.is_done(0));
+    }
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let rec = spool.recover().unwrap();
+    assert_eq!(rec.committed, vec![new]);
+    assert_eq!(rec.removed_incomplete, 0);
+    assert!(rec.corrupt.is_empty(), "{:?}", rec.corrupt);
+    let s = spool.open_message(new).unwrap();
+    assert_eq!(s.body(), &body(2, 100)[..], "read back from the file");
+    assert_eq!(s.envelope(), &env(1, "new"));
+}
+
+#[test]
+fn reused_file_left_uncommitted_is_incomplete_not_the_old_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, leaked);
+    {
+        let spool = Spool::open(dir.path(), opts()).unwrap();
+        old = commit(&spool, &body(3, 2000), &env(1, "old"));
+        spool.delete(old).unwrap();
+        let mut m = spool.create(1).unwrap();
+        m.write_all(b"half a body").unwrap();
+        leaked = m.id();
+        // As if the process died mid-DATA: the file stays under the
+        // new name with the old record's bytes behind the new header.
+        std::mem::forget(m);
+    }
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let rec = spool.recover().unwrap();
+    assert!(rec.committed.is_empty(), "{:?}", rec.committed);
+    assert_eq!(rec.removed_incomplete, 1);
+    assert!(!spool.message_path(leaked).exists());
+    assert!(matches!(spool.open_message(old), Err(SpoolError::NotFound(_))));
+}
+
+#[test]
+fn stale_record_under_another_name_is_incomplete() {
+    // A pooled file renamed for a new message whose header never reached
+    // the disk still holds an old, valid record with the old id.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let a = commit(&spool, b"a\r\n", &env(1, "a"));
+    let other = MessageId::from_u128(a.as_u128() + 1);
+    fs::copy(spool.message_path(a), spool.message_path(other)).unwrap();
+    let rec = spool.recover().unwrap();
+    assert_eq!(rec.committed, vec![a]);
+    assert_eq!(rec.removed_incomplete, 1);
+}
+
+#[test]
+fn pooled_files_survive_restart_and_aborts_return_to_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(dir.path(), opts()).unwrap();
+        let ids: Vec<_> = (0..5)
+            .map(|i| commit(&spool, &body(i, 500), &env(1, "p")))
+            .collect();
+        for id in ids {
+            spool.delete(id).unwrap();
+        }
+        let m = spool.create(3).unwrap();
+        let p = spool.message_path(m.id());
+        assert!(p.exists());
+        assert_eq!(free_files(dir.path()), 4);
+        m.abort();
+        assert!(!p.exists());
+        assert_eq!(free_files(dir.path()), 5);
+    }
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    assert!(spool.recover().unwrap().committed.is_empty());
+    assert_eq!(free_files(dir.path()), 5, "adopted at open");
+    let id = commit(&spool, &body(9, 700), &env(3, "after"));
+    assert_eq!(free_files(dir.path()), 4);
+    assert_eq!(spool.open_message(id).unwrap().body(), &body(9, 700)[..]);
+}
+
+#[test]
+fn delete_while_still_read_unlinks_and_keeps_the_reader_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let id = commit(&spool, &body(5, 1500), &env(1, "r"));
+    let reader = spool.open_message(id).unwrap();
+    spool.delete(id).unwrap();
+    assert_eq!(free_files(dir.path()), 0, "not pooled while mapped");
+    // A new message cannot be written over what the reader sees.
+    let other = commit(&spool, &body(6, 1500), &env(1, "o"));
+    assert_eq!(reader.body(), &body(5, 1500)[..]);
+    assert_eq!(spool.open_message(other).unwrap().body(), &body(6, 1500)[..]);
+}
+
+#[test]
+fn mark_done_on_a_recent_message_is_seen_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let id = commit(&spool, b"x\r\n", &env(3, "d"));
+    spool.mark_done(id, &[2]).unwrap();
+    let s = spool.open_message(id).unwrap();
+    assert_eq!(
+        (0..3).map(|i| s.is_done(i)).collect::<Vec<_>>(),
+        [false, false, true]
+    );
 }

@@ -187,7 +187,8 @@ impl Relay {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
-    /// Files in the spool that look like messages.
+    /// Message files in the spool (under `q/`; files parked in `free/`
+    /// for reuse hold no message).
     pub fn spool_files(&self) -> Vec<PathBuf> {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {
             if let Ok(rd) = std::fs::read_dir(p) {
@@ -202,8 +203,7 @@ impl Relay {
             }
         }
         let mut out = Vec::new();
-        walk(&self.spool, &mut out);
-        out.retain(|p| p.file_name().is_some_and(|n| n != "lock"));
+        walk(&self.spool.join("q"), &mut out);
         out
     }
 

@@ -146,6 +146,10 @@ struct Conn {
     timer: Option<TimerId>,
     /// The socket reported end of input or an error.
     eof: bool,
+    /// The last read came back short: the socket had nothing more, so
+    /// the next read would only say EAGAIN. Edge-triggered readiness
+    /// reports any later arrival; its event clears this.
+    drained: bool,
 }
 
 /// The inbound handler of one reactor thread.
@@ -333,6 +337,9 @@ impl Inbound {
             // ones; a full buffer here means it needs no more for now.
             return Some(0);
         }
+        if c.drained {
+            return Some(0);
+        }
         let room = READ_CHUNK - c.input.len();
         match read(&mut c.stream, &mut self.buf[..room]) {
             Ok(0) => {
@@ -340,6 +347,7 @@ impl Inbound {
                 None
             }
             Ok(n) => {
+                c.drained = n < room;
                 c.input.extend_from_slice(&self.buf[..n]);
                 Some(n)
             }
@@ -358,10 +366,14 @@ impl Inbound {
         if c.eof {
             return None;
         }
+        if c.drained {
+            return Some(0);
+        }
         let res = match c.spool.as_mut() {
             Some(inc) => match inc.spare(READ_CHUNK) {
                 Ok(spare) => match read(&mut c.stream, spare) {
                     Ok(n) if n > 0 => {
+                        c.drained = n < spare.len();
                         inc.advance(n);
                         Ok(n)
                     }
@@ -374,7 +386,13 @@ impl Inbound {
                     return Some(1);
                 }
             },
-            None => read(&mut c.stream, &mut self.buf),
+            None => match read(&mut c.stream, &mut self.buf) {
+                Ok(n) => {
+                    c.drained = n > 0 && n < self.buf.len();
+                    Ok(n)
+                }
+                other => other,
+            },
         };
         match res {
             Ok(0) => {
@@ -715,6 +733,7 @@ impl Handler for Inbound {
             deadline: cx.now(),
             timer: None,
             eof: false,
+            drained: false,
         });
         self.touch(cx, key);
         self.drive(cx, key);
@@ -723,8 +742,9 @@ impl Handler for Inbound {
     fn event(&mut self, cx: &mut Context<'_>, event: &mio::event::Event) {
         self.set_thread(cx);
         let key = event.token().0;
-        if !self.conns.contains(key) {
-            return;
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            c.drained = false;
         }
         self.drive(cx, key);
     }

@@ -108,15 +108,31 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// The header as stored.
-    pub(crate) fn header_bytes(&self) -> &[u8; HEADER_LEN] {
-        self.mapped.map[..HEADER_LEN].try_into().unwrap_or(&[0; HEADER_LEN])
+    /// Bytes `from..from + len` of the mapping. Never a slice over the
+    /// whole mapping: `mark_done` writes the done map (after the header,
+    /// before the body) with `pwrite` while readers hold slices, so no
+    /// reference may cover those bytes.
+    fn range(&self, from: u64, len: u64) -> &[u8] {
+        let (from, len) = (from as usize, len as usize);
+        let end = from.saturating_add(len).min(self.mapped.map.len());
+        let from = from.min(end);
+        // SAFETY: `from..end` lies within the mapping (clamped above),
+        // which lives as long as `self`. Those bytes are the header or
+        // the body and envelope of a committed message: nothing writes
+        // them while the message is held (the file is reused only once
+        // this `Held` is owned by one owner again, and `mark_done` writes
+        // only the done map, which callers never ask for).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mapped.map.as_ptr().add(from),
+                end - from,
+            )
+        }
     }
 
-    fn range(&self, from: u64, len: u64) -> &[u8] {
-        // Lengths were checked against the mapping when it was built.
-        let (from, len) = (from as usize, len as usize);
-        &self.mapped.map[from..from + len]
+    /// The header as stored.
+    pub(crate) fn header_bytes(&self) -> &[u8; HEADER_LEN] {
+        self.range(0, HEADER_LEN as u64).try_into().unwrap_or(&[0; HEADER_LEN])
     }
 
     /// The body, wire form.
@@ -229,6 +245,35 @@ mod tests {
             hot.remove(MessageId::from_u128(i));
         }
         assert!(hot.order.len() <= 2 * hot.by_id.len() + 65);
+    }
+
+    #[test]
+    fn held_ranges_are_clamped_to_the_mapping() {
+        let f = tempfile::tempfile().unwrap();
+        let mut map = MmapMut::map_anon(4096).unwrap();
+        map[..6].copy_from_slice(b"header");
+        map[100..104].copy_from_slice(b"body");
+        map[104..107].copy_from_slice(b"env");
+        let h = Held {
+            id: MessageId::from_u128(1),
+            mapped: Mapped { file: f, map },
+            header: Header {
+                slots: 0,
+                id: 1,
+                body_off: 100,
+                body_len: 4,
+                env_len: 3,
+            },
+            crc: 0,
+            env: Envelope::default(),
+            done: Mutex::new(Vec::new()),
+        };
+        assert_eq!(&h.header_bytes()[..6], b"header");
+        assert_eq!(h.body(), b"body");
+        assert_eq!(h.env_bytes(), b"env");
+        assert_eq!(h.range(4090, 100).len(), 6, "clamped at the end");
+        assert!(h.range(5000, 10).is_empty());
+        assert!(h.range(u64::MAX, u64::MAX).is_empty());
     }
 
     #[test]

@@ -201,8 +201,11 @@ impl Incoming {
         tail.extend_from_slice(&Trailer { crc, ..t }.encode());
         let end = self.body_off() + self.len;
         let map = self.map_mut()?;
-        map[..HEADER_LEN].copy_from_slice(&hb);
+        // Trailer before the lengths: a process killed between the two
+        // leaves a header without lengths (incomplete), never lengths
+        // that point at a stale trailer of the file's previous message.
         map[end..end + tail.len()].copy_from_slice(&tail);
+        map[..HEADER_LEN].copy_from_slice(&hb);
         let record_end = end + tail.len();
         let m = self.m.take().ok_or(SpoolError::Closed)?;
         if m.map.len() <= REUSE_MAX_FILE {

@@ -117,8 +117,7 @@ fn inject_until_killed(
     for s in senders {
         s.join().unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    acked
+    acked.lock().unwrap().clone()
 }
 
 #[test]

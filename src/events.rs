@@ -4,46 +4,21 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::thread::{self, JoinHandle};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
-/// Where event lines go. Callers format a line and hand it to a writer
-/// thread, which writes whatever has queued up with one `write`: the
-/// reactor threads never wait on the log file, and a busy relay writes
-/// many lines per system call. Lines never interleave.
+/// Where event lines go. Each line is written with a single `write` so
+/// lines from different threads never interleave.
 pub(crate) struct EventLog {
-    tx: Mutex<Option<Sender<Msg>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-enum Msg {
-    Line(String),
-    /// Everything sent before is written: answer.
-    Flush(SyncSender<()>),
+    out: Mutex<Target>,
 }
 
 enum Target {
     Stderr,
     File(File),
 }
-
-impl Target {
-    fn write(&mut self, buf: &[u8]) {
-        // A failing log must not take the relay down; there is nowhere
-        // better to report it.
-        let _ = match self {
-            Self::Stderr => io::stderr().lock().write_all(buf),
-            Self::File(f) => f.write_all(buf),
-        };
-    }
-}
-
-/// Bytes gathered before one write.
-const BATCH: usize = 256 * 1024;
 
 impl std::fmt::Debug for EventLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -52,8 +27,7 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
-    /// Opens the log target: "stderr" or a file path (appended to), and
-    /// starts its writer thread.
+    /// Opens the log target: "stderr" or a file path (appended to).
     pub(crate) fn open(target: &str) -> io::Result<Self> {
         let t = if target == "stderr" || target.is_empty() {
             Target::Stderr
@@ -65,11 +39,7 @@ impl EventLog {
                     .open(Path::new(target))?,
             )
         };
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("millrace-log".into())
-            .spawn(move || writer(t, &rx))?;
-        Ok(Self { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(Self { out: Mutex::new(t) })
     }
 
     /// Writes one event: `kind`, the time now, `id` (if any) and `fields`.
@@ -88,55 +58,13 @@ impl EventLog {
         obj.extend(fields);
         let mut line = Value::Object(obj).to_string();
         line.push('\n');
-        if let Some(tx) = &*self.tx.lock() {
-            let _ = tx.send(Msg::Line(line));
-        }
-    }
-
-    /// Waits until every event emitted before is written.
-    pub(crate) fn flush(&self) {
-        let (ack, done) = mpsc::sync_channel(1);
-        let sent = match &*self.tx.lock() {
-            Some(tx) => tx.send(Msg::Flush(ack)).is_ok(),
-            None => false,
+        let mut out = self.out.lock();
+        // A failing log must not take the relay down; there is nowhere
+        // better to report it.
+        let _ = match &mut *out {
+            Target::Stderr => io::stderr().lock().write_all(line.as_bytes()),
+            Target::File(f) => f.write_all(line.as_bytes()),
         };
-        if sent {
-            let _ = done.recv();
-        }
-    }
-}
-
-impl Drop for EventLog {
-    fn drop(&mut self) {
-        drop(self.tx.lock().take());
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The writer thread: gathers what is queued, writes it at once.
-fn writer(mut out: Target, rx: &Receiver<Msg>) {
-    let mut buf = Vec::with_capacity(BATCH);
-    let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Line(l) => buf.extend_from_slice(l.as_bytes()),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if buf.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !buf.is_empty() {
-            out.write(&buf);
-            buf.clear();
-        }
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
-        }
     }
 }
 
@@ -173,7 +101,6 @@ mod tests {
         let log = EventLog::open(path.to_str().unwrap()).unwrap();
         log.emit("Reception", Some("ABC"), fields! {"size" => 12u64});
         log.emit("Listening", None, fields! {"addresses" => vec!["x"]});
-        log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<Value> =
             text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -187,7 +114,7 @@ mod tests {
     }
 
     #[test]
-    fn many_threads_whole_lines_all_written_by_drop() {
+    fn lines_from_many_threads_never_interleave() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let log = std::sync::Arc::new(
@@ -196,7 +123,7 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let log = std::sync::Arc::clone(&log);
-                thread::spawn(move || {
+                std::thread::spawn(move || {
                     for i in 0..2000u64 {
                         let pad = "x".repeat((i % 300) as usize);
                         log.emit(
@@ -211,7 +138,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        drop(log);
         let text = std::fs::read_to_string(&path).unwrap();
         let mut seen = std::collections::HashSet::new();
         for l in text.lines() {

@@ -178,15 +178,6 @@ pub(crate) fn serve(cfg: Config) -> Result<()> {
         EventLog::open(&cfg.log)
             .with_context(|| format!("cannot open log {:?}", cfg.log))?,
     );
-    let result = run(cfg, &log);
-    // Whatever happened, what was logged reaches the file.
-    log.flush();
-    result
-}
-
-/// [`serve`] once the event log is open.
-fn run(cfg: Config, log: &Arc<EventLog>) -> Result<()> {
-    let log = Arc::clone(log);
     let hostname = cfg.effective_hostname();
     let spool = Spool::open(
         &cfg.spool_dir,

@@ -21,8 +21,9 @@
 //! if its header carries lengths, its trailer sits where they say with
 //! the same lengths, and the checksum validates. Without lengths, or
 //! without that trailer, the file is incomplete (never acknowledged);
-//! with them but a bad checksum it is corrupt. Freeing a file for reuse
-//! zeroes the header magic.
+//! with them but a bad checksum it is corrupt. A header whose id differs
+//! from the file name is a reused file whose new header never reached
+//! the disk: incomplete too.
 
 /// Size of the fixed header.
 pub(crate) const HEADER_LEN: usize = 64;
@@ -65,7 +66,8 @@ impl Header {
         b
     }
 
-    /// Whether the magic is there at all (zeroed when a file is freed).
+    /// Whether the magic is there at all (a file that never got a header
+    /// is all zeros).
     pub(crate) fn has_magic(b: &[u8; HEADER_LEN]) -> bool {
         b[0..8] == HEADER_MAGIC
     }

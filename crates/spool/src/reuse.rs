@@ -9,10 +9,12 @@
 //!
 //! - the **pool**: freed message files, still open and mapped, parked
 //!   under `<dir>/free/`. A new message renames one into `q/` instead of
-//!   creating a file; deleting a message renames it back (and zeroes its
-//!   header magic) instead of unlinking it. A rename is a few
-//!   microseconds; create + fallocate + trim + unlink measured about
-//!   200 µs here.
+//!   creating a file; deleting a message renames it back instead of
+//!   unlinking it. The old record stays in the file: nothing scans
+//!   `free/`, and a file renamed for a new message whose header never
+//!   reached the disk carries an id that differs from its name, which
+//!   recovery treats as incomplete. A rename is a few microseconds;
+//!   create + fallocate + trim + unlink measured about 200 µs here.
 //! - the **hot set**: recently committed messages, kept mapped (the
 //!   mapping the body was received into) so that delivery reads them
 //!   without opening, reading or mapping anything. Oldest first out

@@ -149,23 +149,17 @@ impl Shared {
     }
 
     /// Retires the message file at `path`: into the pool (renamed under
-    /// `free/`, header magic zeroed) when there is room, otherwise
-    /// unlinked. `NotFound` if there is no such file.
-    pub(crate) fn recycle(
-        &self,
-        path: &Path,
-        mut m: Mapped,
-    ) -> io::Result<()> {
+    /// `free/`) when there is room, otherwise unlinked. `NotFound` if
+    /// there is no such file. The old record is left as it is: nothing
+    /// scans `free/`, and once the file is renamed for a new message,
+    /// recovery sees the old id in the header differ from the name.
+    pub(crate) fn recycle(&self, path: &Path, m: Mapped) -> io::Result<()> {
         if !lock(&self.pool).has_room(m.map.len()) {
             drop(m);
             return fs::remove_file(path);
         }
         let name = self.next_free.fetch_add(1, Ordering::Relaxed);
         fs::rename(path, self.free_path(name))?;
-        // A lost write of this only means the old message is found
-        // again after a crash, as with a lost unlink; the name in
-        // `free/` keeps it out of every scan anyway.
-        m.map[..8].fill(0);
         lock(&self.pool).push(Slot { mapped: m, name });
         Ok(())
     }

@@ -6,13 +6,16 @@
 //! is messages per second. With group commit, messages/s should exceed
 //! 1 / (fdatasync latency) once more than one committer is active.
 //!
-//! Measured (ext4 on a virtio disk, 2 cores, other builds running):
-//! baseline 1 KiB append + fdatasync 223 µs (4.5k/s). Messages/s:
+//! Measured (ext4 on a virtio disk mounted with `discard`, 2 cores,
+//! other work running; files reused through the spool's pool, as in the
+//! relay): baseline 1 KiB append + fdatasync 200 µs (5.0k/s).
+//! Messages/s:
 //!
 //! | method         | 1 KiB x1 | 1 KiB x20 | 100 KiB x1 | 100 KiB x20 |
 //! |----------------|----------|-----------|------------|-------------|
-//! | FdatasyncEach  | 1.64k    | 3.82k     | 1.34k      | 2.66k       |
-//! | WritebackFirst | 1.67k    | 6.25k     | 1.25k      | 3.15k       |
+//! | FdatasyncEach  | 2.28k    | 5.55k     | 1.63k      | 1.42k       |
+//! | WritebackFirst | 2.11k    | 7.44k     | 1.87k      | 3.81k       |
+//! | Syncfs         | 6.20k    | 19.2k     | 3.05k      | 3.79k       |
 
 use std::fs::File;
 use std::io::Write;

@@ -258,21 +258,61 @@ impl Context<'_> {
 #[derive(Debug)]
 pub struct Remote<M> {
     tx: Sender<M>,
-    waker: Arc<Waker>,
+    bell: Arc<Bell>,
 }
 
 impl<M> Clone for Remote<M> {
     fn clone(&self) -> Self {
-        Self { tx: self.tx.clone(), waker: Arc::clone(&self.waker) }
+        Self { tx: self.tx.clone(), bell: Arc::clone(&self.bell) }
     }
 }
 
 impl<M: Send> Remote<M> {
-    /// Queues `msg` for the thread and wakes it. Never blocks. Fails with
+    /// Queues `msg` for the thread and wakes it (unless a wake is
+    /// already on its way). Never blocks. Fails with
     /// [`ReactorError::Stopped`] once the thread has exited.
     pub fn send(&self, msg: M) -> Result<(), ReactorError> {
         self.tx.send(msg).map_err(|_| ReactorError::Stopped)?;
-        self.waker.wake().map_err(ReactorError::Wake)
+        self.bell.ring().map_err(ReactorError::Wake)
+    }
+}
+
+/// A thread's waker, rung only when no wake is pending: under load many
+/// messages share one `eventfd` write.
+#[derive(Debug)]
+pub(crate) struct Bell {
+    waker: Waker,
+    /// A wake was sent and the thread has not looked at its channel
+    /// since.
+    rung: AtomicBool,
+}
+
+impl Bell {
+    pub(crate) fn new(waker: Waker) -> Self {
+        Self { waker, rung: AtomicBool::new(false) }
+    }
+
+    /// Called after queueing a message.
+    fn ring(&self) -> io::Result<()> {
+        if self.rung.swap(true, Ordering::AcqRel) {
+            // The thread will look at its channel after this message
+            // was queued (it clears the flag first, see `answer`).
+            return Ok(());
+        }
+        self.waker.wake()
+    }
+
+    /// Called by the thread just before it drains its channel: any
+    /// message queued after this rings again. The swap reads the flag
+    /// a sender set after queueing, so that message is visible to the
+    /// drain that follows.
+    pub(crate) fn answer(&self) {
+        self.rung.swap(false, Ordering::AcqRel);
+    }
+
+    /// Wakes the thread whatever the flag says (stop requests).
+    fn force(&self) {
+        let _ = self.waker.wake();
     }
 }
 
@@ -313,7 +353,7 @@ impl<M> ReactorHandle<M> {
         }
         self.stop.requested.store(true, Ordering::SeqCst);
         for r in &self.remotes {
-            let _ = r.waker.wake();
+            r.bell.force();
         }
     }
 }
@@ -461,4 +501,36 @@ fn bind(addr: SocketAddr, backlog: i32) -> Result<StdListener, ReactorError> {
     sock.bind(&addr.into()).map_err(err)?;
     sock.listen(backlog).map_err(err)?;
     Ok(sock.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Poll};
+
+    fn wakes(poll: &mut Poll) -> usize {
+        let mut events = Events::with_capacity(8);
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        events.iter().count()
+    }
+
+    #[test]
+    fn bell_rings_once_until_answered() {
+        let mut poll = Poll::new().unwrap();
+        let bell = Bell::new(Waker::new(poll.registry(), WAKER).unwrap());
+        assert_eq!(wakes(&mut poll), 0);
+        bell.ring().unwrap();
+        bell.ring().unwrap();
+        assert!(bell.rung.load(Ordering::SeqCst));
+        assert_eq!(wakes(&mut poll), 1);
+        // Not answered: further rings write nothing, so nothing new.
+        bell.ring().unwrap();
+        assert_eq!(wakes(&mut poll), 0);
+        bell.answer();
+        assert!(!bell.rung.load(Ordering::SeqCst));
+        bell.ring().unwrap();
+        assert_eq!(wakes(&mut poll), 1);
+        bell.force();
+        assert_eq!(wakes(&mut poll), 1, "forced whatever the flag");
+    }
 }

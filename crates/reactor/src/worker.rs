@@ -13,8 +13,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::timer::TimerQueue;
 use crate::{
-    Context, Handler, LISTENER_BASE, ReactorError, Remote, Stop, TimerKind,
-    WAKER,
+    Bell, Context, Handler, LISTENER_BASE, ReactorError, Remote, Stop,
+    TimerKind, WAKER,
 };
 
 /// How long an accept error such as EMFILE pauses a listener.
@@ -52,6 +52,7 @@ struct State<H: Handler> {
     listeners: Vec<Option<Listener>>,
     rx: Receiver<H::Msg>,
     stop: Arc<Stop>,
+    bell: Arc<Bell>,
 }
 
 /// How a dispatch loop ends.
@@ -67,9 +68,9 @@ impl<H: Handler> Worker<H> {
         stop: Arc<Stop>,
     ) -> Result<(Self, Remote<H::Msg>), ReactorError> {
         let poll = Poll::new().map_err(ReactorError::Setup)?;
-        let waker = Arc::new(
+        let bell = Arc::new(Bell::new(
             Waker::new(poll.registry(), WAKER).map_err(ReactorError::Setup)?,
-        );
+        ));
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut ls = Vec::with_capacity(listeners.len());
         for (j, l) in listeners.into_iter().enumerate() {
@@ -84,9 +85,10 @@ impl<H: Handler> Worker<H> {
                 .map_err(ReactorError::Setup)?;
             ls.push(Some(Listener { sock, addr, paused: false }));
         }
-        let state = State { index, listeners: ls, rx, stop };
+        let state =
+            State { index, listeners: ls, rx, stop, bell: Arc::clone(&bell) };
         let worker = Self { poll, state };
-        Ok((worker, Remote { tx, waker }))
+        Ok((worker, Remote { tx, bell }))
     }
 
     /// The loop; returns when the handler is done stopping or the grace
@@ -187,6 +189,7 @@ impl<H: Handler> State<H> {
         // Messages: everything queued now. Messages that arrive meanwhile
         // wait one iteration (the poll timeout is then zero), so a handler
         // sending to its own thread cannot spin here forever.
+        self.bell.answer();
         for _ in 0..self.rx.len() {
             let Ok(msg) = self.rx.try_recv() else { break };
             handler.message(cx, msg);

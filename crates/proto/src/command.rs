@@ -137,8 +137,8 @@ pub fn parse_command_with(
         return Err(CommandError::Unrecognized);
     };
     match verb {
-        Verb::Ehlo => Ok(Command::Ehlo(helo_arg(args, true)?)),
-        Verb::Helo => Ok(Command::Helo(helo_arg(args, false)?)),
+        Verb::Ehlo => Ok(Command::Ehlo(helo_arg(args)?)),
+        Verb::Helo => Ok(Command::Helo(helo_arg(args)?)),
         Verb::Mail => parse_mail(args),
         Verb::Rcpt => parse_rcpt(args, smtputf8),
         Verb::Data => no_args(args, Command::Data),
@@ -265,12 +265,19 @@ fn required_text(args: &[u8]) -> Result<String, CommandError> {
     text(args)
 }
 
-/// The EHLO / HELO argument: one domain, or (EHLO) an address literal.
+/// The EHLO / HELO argument: one domain, or an address literal.
 ///
+/// ```text
+/// ehlo = "EHLO" SP ( Domain / address-literal ) CRLF
+/// helo = "HELO" SP Domain CRLF
+/// ```
+///
+/// HELO takes an address literal too: Python's smtplib sends `HELO
+/// [a.b.c.d]` when the host name has no dot, and Postfix accepts it.
 /// Underscores are tolerated in names, as many real clients send them.
-fn helo_arg(args: &[u8], ehlo: bool) -> Result<String, CommandError> {
+fn helo_arg(args: &[u8]) -> Result<String, CommandError> {
     let ok = if args.first() == Some(&b'[') {
-        ehlo && is_address_literal(args)
+        is_address_literal(args)
     } else {
         !args.is_empty()
             && args.iter().all(|&b| {
@@ -504,11 +511,18 @@ mod tests {
             p("HELO relay.example.org"),
             Ok(Command::Helo("relay.example.org".into()))
         );
+        // RFC 5321's HELO grammar names only a Domain, but Python's smtplib
+        // sends `HELO [a.b.c.d]` on hosts whose name has no dot, and Postfix
+        // accepts it.
+        assert_eq!(
+            p("HELO [127.0.0.1]"),
+            Ok(Command::Helo("[127.0.0.1]".into()))
+        );
         for s in [
             "EHLO",
             "HELO",
             "EHLO a b",
-            "HELO [127.0.0.1]",
+            "HELO [127.0.0.1",
             "EHLO [1.2.3]",
             "EHLO é.com",
         ] {

@@ -417,3 +417,39 @@ fn over_max_connections_gets_421() {
         (d.reply().0 == 220).then_some(())
     });
 }
+
+/// What Python's smtplib, swaks and Postfix's smtp-source send, found in
+/// the conformance review with those clients.
+#[test]
+fn real_client_habits() {
+    let relay = Relay::start("max_recipients = 3");
+    let mut s = relay.connect();
+    // smtplib's helo() on a host whose name has no dot.
+    s.expect("HELO [127.0.0.1]", "250 relay.test.example");
+    // MAIL then DATA with no RCPT: wrong order.
+    s.expect("MAIL FROM:<a@example.org>", "250 2.1.0");
+    s.expect("DATA", "503 5.5.1");
+    // A huge declared SIZE is over the limit, not a syntax error.
+    s.expect("RSET", "250 2.0.0");
+    s.expect(
+        "MAIL FROM:<a@example.org> SIZE=99999999999999999999",
+        "552 5.3.4",
+    );
+    // More recipients than max_recipients: 452 for each extra one, and
+    // the transaction survives however many there are.
+    s.expect("MAIL FROM:<a@example.org>", "250 2.1.0");
+    for i in 0..15 {
+        let want = if i < 3 { "250 2.1.5" } else { "452 4.5.3" };
+        s.expect(&format!("RCPT TO:<r{i}@example.net>"), want);
+    }
+    s.expect("DATA", "354");
+    s.send(b"Subject: many\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(s.reply().0, 250);
+    let ev = relay.wait_events("Reception", 1);
+    assert_eq!(ev[0]["recipients"].as_array().map(Vec::len), Some(3));
+    // QUIT with more bytes after it: 221, then close.
+    s.send(b"QUIT\r\nNOOP\r\n");
+    let (code, lines) = s.reply();
+    assert_eq!(code, 221, "{lines:?}");
+    assert!(s.closed());
+}

@@ -28,10 +28,10 @@ pub enum SessionError {
     /// RCPT or BDAT without MAIL.
     #[error("no MAIL given")]
     NeedMail,
-    /// DATA without MAIL.
+    /// DATA without MAIL, or DATA / BDAT after MAIL with no RCPT given.
     #[error("no RCPT given")]
     NeedRcpt,
-    /// DATA or BDAT after MAIL but no accepted RCPT.
+    /// DATA or BDAT after MAIL when every RCPT was refused.
     #[error("no valid recipients")]
     NoValidRecipients,
     /// A command out of order in some other way (DATA after BDAT, RCPT
@@ -99,8 +99,13 @@ impl SessionError {
     }
 
     /// Counts towards `max_errors` (the client's fault, not fatal anyway).
+    /// Our faults do not, nor does the 452 for recipients over
+    /// `max_recipients`: the client is to send those again later (RFC 5321
+    /// section 4.5.3.1.10), and counting them would drop the transaction
+    /// of a client with many recipients at the 10th.
     pub fn counts(&self) -> bool {
-        !self.is_fatal() && *self != Self::QueueWrite
+        !self.is_fatal()
+            && !matches!(self, Self::QueueWrite | Self::TooManyRecipients)
     }
 }
 

@@ -52,7 +52,8 @@
 //! This covers DATA: a client must wait for the 354 before sending the
 //! body. BDAT is exempt (its chunk follows it), and so are bytes after the
 //! final dot of a body, which the glue hands back after
-//! [`Session::committed`].
+//! [`Session::committed`]. QUIT followed by more input is answered `221`
+//! as usual and the rest dropped: the session ends either way.
 
 mod bdat;
 mod transaction;
@@ -215,6 +216,9 @@ struct Envelope {
     params: MailParams,
     /// Accepted recipients.
     rcpts: Vec<(ForwardPath, RcptParams)>,
+    /// An RCPT was given (accepted or not): DATA / BDAT without any
+    /// recipient is then 554 "no valid recipients", not 503.
+    rcpt_given: bool,
     /// Set once BDAT started (DATA and RCPT are then out of order).
     bdat: Option<BdatProgress>,
 }
@@ -279,6 +283,19 @@ pub struct Session {
     errors: u32,
     /// Shutdown was requested during a body: close after the final reply.
     shutdown_pending: bool,
+}
+
+/// DATA or BDAT in a transaction without recipients: out of sequence
+/// (503 5.5.1, DESIGN.md) when no RCPT was given at all; "no valid
+/// recipients" (554 5.5.1) when every RCPT was refused, since a pipelining
+/// client sends DATA before it sees those replies (RFC 5321 section 3.3
+/// allows either code).
+fn no_rcpt(env: &Envelope) -> SessionError {
+    if env.rcpt_given {
+        SessionError::NoValidRecipients
+    } else {
+        SessionError::NeedRcpt
+    }
 }
 
 /// Commands after which the client must wait for our reply (RFC 2920
@@ -645,6 +662,9 @@ impl Session {
         let violation = more
             && match &parsed {
                 Ok(Command::Bdat { .. }) if self.cfg.chunking => false,
+                // The session ends anyway: 221, and what follows is
+                // dropped (as Postfix does).
+                Ok(Command::Quit) => false,
                 Ok(cmd) => ends_group(cmd) || !self.pipelining(),
                 Err(_) => !self.pipelining(),
             };
@@ -728,8 +748,13 @@ impl Session {
         } else if params.size.is_some_and(|s| s > self.cfg.max_message_size) {
             SessionError::SizeExceedsLimit
         } else {
-            let env =
-                Envelope { sender, params, rcpts: Vec::new(), bdat: None };
+            let env = Envelope {
+                sender,
+                params,
+                rcpts: Vec::new(),
+                rcpt_given: false,
+                bdat: None,
+            };
             self.state = State::InMail(env);
             self.push(&replies::mail_ok());
             return None;
@@ -749,6 +774,7 @@ impl Session {
         if env.bdat.is_some() {
             return self.fail(SessionError::BadSequence("RCPT after BDAT"));
         }
+        env.rcpt_given = true;
         if env.rcpts.len() >= self.cfg.max_recipients {
             return self.fail(SessionError::TooManyRecipients);
         }
@@ -775,9 +801,7 @@ impl Session {
             State::InMail(env) if env.bdat.is_some() => {
                 SessionError::BadSequence("DATA after BDAT")
             }
-            State::InMail(env) if env.rcpts.is_empty() => {
-                SessionError::NoValidRecipients
-            }
+            State::InMail(env) if env.rcpts.is_empty() => no_rcpt(env),
             State::InMail(_) => {
                 let State::InMail(env) =
                     std::mem::replace(&mut self.state, State::Idle)
@@ -806,7 +830,8 @@ impl Session {
         let prev = std::mem::replace(&mut self.state, State::Idle);
         let (mut env, refused) = match prev {
             State::InMail(env) if env.rcpts.is_empty() => {
-                (Some(env), Some(SessionError::NoValidRecipients))
+                let err = no_rcpt(&env);
+                (Some(env), Some(err))
             }
             State::InMail(env) => (Some(env), None),
             _ => (None, Some(SessionError::NeedMail)),

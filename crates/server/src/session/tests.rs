@@ -310,7 +310,7 @@ fn data_sequence_errors() {
     t.cmd("RCPT TO:<x@elsewhere>", "250 2.1.5");
     t.cmd("RSET", "250 2.0.0");
     t.cmd("MAIL FROM:<a@b.test>", "250 2.1.0");
-    t.cmd("DATA", "554 5.5.1 Error: no valid recipients");
+    t.cmd("DATA", "503 5.5.1 Error: need RCPT command");
     t.cmd("RCPT TO:<c@d.test>", "250 2.1.5");
     t.cmd("DATA now", "501 5.5.4");
     assert_eq!(t.act("DATA", "354 "), Action::StartBody);
@@ -656,7 +656,7 @@ fn pipelining_violations_close() {
         t.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n");
     assert_eq!((n, a, out.as_str()), (22, Action::Close, sync));
     // A group-ending command followed by more input.
-    for first in ["NOOP", "EHLO x.test", "VRFY x", "HELP", "QUIT", "RSET x"] {
+    for first in ["NOOP", "EHLO x.test", "VRFY x", "HELP", "RSET x"] {
         let mut t = T::ehlo();
         let input = format!("{first}\r\nMAIL FROM:<a@b.test>\r\n");
         let (_, a, out) = t.send(input.as_bytes());
@@ -805,7 +805,7 @@ fn bdat_refused_chunk_is_read_and_discarded() {
     t.act("BDAT 1 LAST", "");
     let st = t.s.bdat_chunk(b"x");
     assert!(matches!(st, BdatStatus::Done { store: false, .. }));
-    assert!(take(&mut t.s).starts_with("554 5.5.1"));
+    assert!(take(&mut t.s).starts_with("503 5.5.1"));
     // The transaction survives: add a recipient and go on.
     t.cmd("RCPT TO:<c@d.test>", "250 2.1.5");
 }
@@ -871,4 +871,80 @@ fn received_header_from_session_transaction() {
     let h = tx.received_header(HOST, "QID", 0);
     assert!(h.starts_with("Received: from client.test ([127.0.0.1])\r\n"));
     assert!(h.contains("with ESMTP id QID\r\n\tfor <c@d.test>; Thu, 1 Jan"));
+}
+
+// ---- conformance review (real clients) ----
+
+#[test]
+fn helo_accepts_an_address_literal() {
+    // Python's smtplib says `HELO [127.0.0.1]` when the host name has no
+    // dot; Postfix accepts it, and so do we (EHLO always did).
+    let mut t = T::new();
+    t.cmd("HELO [127.0.0.1]", "250 mx.test");
+    assert_eq!(t.s.helo_name(), Some("[127.0.0.1]"));
+    t.cmd("HELO [IPv6:::1]", "250 mx.test");
+    t.cmd("HELO [not.an.address]", "501 5.5.4");
+    t.cmd("MAIL FROM:<a@b.test>", "250 2.1.0");
+}
+
+#[test]
+fn huge_declared_size_is_552_not_501() {
+    let mut t = T::ehlo();
+    t.cmd("MAIL FROM:<a@b.test> SIZE=99999999999999999999", "552 5.3.4");
+    t.cmd("MAIL FROM:<a@b.test> SIZE=123456789012345678901234", "552 5.3.4");
+    t.cmd("MAIL FROM:<a@b.test> SIZE=0", "250 2.1.0");
+}
+
+#[test]
+fn quit_with_pipelined_input_says_bye() {
+    // QUIT ends the session anyway: bytes after it are dropped, not
+    // answered with a synchronization error.
+    for helo in ["EHLO c.test", "HELO c.test"] {
+        let mut t = T::new();
+        t.cmd(helo, "250");
+        let (_, a, out) = t.send(b"QUIT\r\nNOOP\r\n");
+        assert_eq!((a, out.as_str()), (Action::Close, "221 2.0.0 Bye\r\n"));
+        assert!(t.s.wants_close());
+    }
+}
+
+#[test]
+fn data_or_bdat_without_rcpt_is_out_of_sequence() {
+    // No RCPT at all: wrong order, 503 5.5.1 (DESIGN.md).
+    let mut t = T::ehlo();
+    t.cmd("MAIL FROM:<a@b.test>", "250 2.1.0");
+    t.cmd("DATA", "503 5.5.1 Error: need RCPT command");
+    t.act("BDAT 1 LAST", "");
+    assert!(matches!(t.s.bdat_chunk(b"x"), BdatStatus::Done { .. }));
+    assert_eq!(take(&mut t.s), "503 5.5.1 Error: need RCPT command\r\n");
+    // Every RCPT refused (the client may have pipelined DATA behind
+    // them): 554 5.5.1, as RFC 5321 section 3.3 allows.
+    let mut c = cfg();
+    c.max_recipients = 0;
+    let mut t = T::with(c, "127.0.0.1:1");
+    t.cmd("EHLO c.test", "250");
+    t.cmd("MAIL FROM:<a@b.test>", "250 2.1.0");
+    t.cmd("RCPT TO:<c@d.test>", "452 4.5.3");
+    t.cmd("DATA", "554 5.5.1 Error: no valid recipients");
+    t.cmd("RSET", "250 2.0.0");
+    t.cmd("MAIL FROM:<a@b.test>", "250 2.1.0");
+    t.cmd("DATA", "503 5.5.1");
+}
+
+#[test]
+fn recipient_overshoot_is_not_a_session_error() {
+    // A client with more recipients than max_recipients gets 452 for the
+    // rest and sends them later (RFC 5321 section 4.5.3.1.10). Those 452s
+    // must not reach the error limit and drop the transaction.
+    let mut c = cfg();
+    c.max_recipients = 2;
+    let mut t = T::with(c, "127.0.0.1:1");
+    t.cmd("EHLO c.test", "250");
+    t.cmd("MAIL FROM:<a@b.test>", "250 2.1.0");
+    for i in 0..30 {
+        let want = if i < 2 { "250 2.1.5" } else { "452 4.5.3" };
+        t.cmd(&format!("RCPT TO:<r{i}@d.test>"), want);
+    }
+    let (a, _) = t.data(b"x\r\n.\r\n");
+    assert_eq!(commit(a).recipients.len(), 2);
 }

@@ -586,7 +586,7 @@ mod tests {
         let bad = b"MAIL FROM:<j\xc3@b.example> SMTPUTF8";
         assert_eq!(
             parse_command(bad),
-            Err(CommandError::BadSender(PathError::NonAscii))
+            Err(CommandError::BadSender(PathError::BadUtf8))
         );
     }
 

@@ -31,9 +31,12 @@ pub enum PathError {
     /// The source route is malformed.
     #[error("bad source route")]
     BadRoute,
-    /// Non-ASCII octets or invalid UTF-8 where not allowed.
+    /// Non-ASCII octets without SMTPUTF8.
     #[error("non-ASCII address without SMTPUTF8")]
     NonAscii,
+    /// Malformed UTF-8 (with SMTPUTF8 declared).
+    #[error("malformed UTF-8 in address")]
+    BadUtf8,
     /// The path is longer than RFC 5321 allows (256 octets).
     #[error("path too long")]
     TooLong,
@@ -241,7 +244,7 @@ fn checked_str(s: &[u8], utf8: bool) -> Result<&str, PathError> {
     if !utf8 && !s.is_ascii() {
         return Err(PathError::NonAscii);
     }
-    std::str::from_utf8(s).map_err(|_| PathError::NonAscii)
+    std::str::from_utf8(s).map_err(|_| PathError::BadUtf8)
 }
 
 /// Splits `<inner>` off the front of `s`: returns `inner` and the bytes
@@ -626,9 +629,11 @@ mod tests {
         assert!(p.mailbox().is_utf8());
         let q = "<\"jö sé\"@e.example>".as_bytes();
         assert!(ForwardPath::parse(q, true).is_ok());
+        // Malformed UTF-8 is a syntax error, not a missing SMTPUTF8.
         let bad = b"<j\xff@e.example>";
-        assert_eq!(ForwardPath::parse(bad, true), Err(PathError::NonAscii));
-        assert_eq!(Mailbox::parse(b"a@\xc3", true), Err(PathError::NonAscii));
+        assert_eq!(ForwardPath::parse(bad, true), Err(PathError::BadUtf8));
+        assert_eq!(Mailbox::parse(b"a@\xc3", true), Err(PathError::BadUtf8));
+        assert_eq!(Mailbox::parse(b"a@\xc3", false), Err(PathError::NonAscii));
     }
 
     #[test]

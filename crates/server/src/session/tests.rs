@@ -932,6 +932,18 @@ fn data_or_bdat_without_rcpt_is_out_of_sequence() {
 }
 
 #[test]
+fn malformed_utf8_with_smtputf8_is_a_syntax_error() {
+    // Not "553 5.6.7 Must declare SMTPUTF8": it was declared.
+    let mut t = T::ehlo();
+    let (_, _, out) = t.send(b"MAIL FROM:<j\xc3@b.test> SMTPUTF8\r\n");
+    assert!(out.starts_with("501 5.1.7"), "{out}");
+    t.cmd("MAIL FROM:<jö@b.test> SMTPUTF8", "250 2.1.0");
+    let (_, _, out) = t.send(b"RCPT TO:<x\xff@d.test>\r\n");
+    assert!(out.starts_with("501 5.1.3"), "{out}");
+    t.cmd("RCPT TO:<xö@d.test>", "250 2.1.5");
+}
+
+#[test]
 fn recipient_overshoot_is_not_a_session_error() {
     // A client with more recipients than max_recipients gets 452 for the
     // rest and sends them later (RFC 5321 section 4.5.3.1.10). Those 452s

@@ -156,14 +156,14 @@ struct InFlight {
 
 impl InFlight {
     fn decide(&mut self, index: usize, reply: &Reply) {
-        if let Some(slot) = self.results.get_mut(index) {
-            if slot.is_none() {
-                *slot = Some(RcptResult {
-                    index,
-                    kind: RcptKind::of(reply),
-                    reply: reply.clone(),
-                });
-            }
+        if let Some(slot) = self.results.get_mut(index)
+            && slot.is_none()
+        {
+            *slot = Some(RcptResult {
+                index,
+                kind: RcptKind::of(reply),
+                reply: reply.clone(),
+            });
         }
     }
 
@@ -364,13 +364,14 @@ impl Client {
         }
         let mut f = new_inflight(tx.recipients.len());
         let caps = &self.caps;
-        if let Some(limit) = caps.size {
-            if limit > 0 && tx.size > limit {
-                f.decide_all(&too_big());
-                self.events.push_back(ClientEvent::Done(f.into_results()));
-                self.events.push_back(ClientEvent::Ready);
-                return Ok(());
-            }
+        if let Some(limit) = caps.size
+            && limit > 0
+            && tx.size > limit
+        {
+            f.decide_all(&too_big());
+            self.events.push_back(ClientEvent::Done(f.into_results()));
+            self.events.push_back(ClientEvent::Ready);
+            return Ok(());
         }
         if !address_ok(&tx.sender) {
             f.decide_all(&bad_address(true));

@@ -819,11 +819,11 @@ impl Outbound {
                 c.carried = usize::MAX / 2;
                 let _ = c.client.quit();
                 self.flush_output(cx, key);
-                if let Some(c) = self.conns.get(key) {
-                    if c.serial == serial {
-                        let at = cx.now() + self.shared.cfg.reply_timeout;
-                        self.arm(cx, key, at);
-                    }
+                if let Some(c) = self.conns.get(key)
+                    && c.serial == serial
+                {
+                    let at = cx.now() + self.shared.cfg.reply_timeout;
+                    self.arm(cx, key, at);
                 }
             }
             Stage::Open => {

@@ -416,18 +416,18 @@ impl<S: Store> QueueCore<S> {
                                 kind: Kind::Retry,
                                 id,
                             });
-                            if let Some(d) = self.cfg.delay_warning {
-                                if msg.flags & WARN_ARMED == 0 {
-                                    msg.flags |= WARN_ARMED;
-                                    self.timers.insert(Timer {
-                                        at: msg
-                                            .arrival_ms
-                                            .saturating_add(dur_ms(d))
-                                            .max(now_ms),
-                                        kind: Kind::Warn,
-                                        id,
-                                    });
-                                }
+                            if let Some(d) = self.cfg.delay_warning
+                                && msg.flags & WARN_ARMED == 0
+                            {
+                                msg.flags |= WARN_ARMED;
+                                self.timers.insert(Timer {
+                                    at: msg
+                                        .arrival_ms
+                                        .saturating_add(dur_ms(d))
+                                        .max(now_ms),
+                                    kind: Kind::Warn,
+                                    id,
+                                });
                             }
                         }
                     }

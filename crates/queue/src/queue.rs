@@ -135,10 +135,10 @@ impl Queue {
     pub fn shutdown(&self) {
         self.send(Cmd::Shutdown);
         let handle = self.inner.thread.lock().take();
-        if let Some(h) = handle {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
         }
     }
 

@@ -533,12 +533,11 @@ impl Inbound {
             c.session.committed(Err(()));
             return;
         };
-        if from_data {
-            if let Ok(len) = usize::try_from(tx.body_len) {
-                if len <= inc.written().len() {
-                    inc.truncate(len);
-                }
-            }
+        if from_data
+            && let Ok(len) = usize::try_from(tx.body_len)
+            && len <= inc.written().len()
+        {
+            inc.truncate(len);
         }
         let now = unix_now();
         let id = inc.id();

@@ -813,10 +813,10 @@ fn sync_batch(
         }
     }
     for job in batch.iter_mut() {
-        if let (Ok(()), Some(f)) = (&job.result, &job.rec) {
-            if let Err(e) = f.file().sync_data() {
-                job.result = Err(io_err("fdatasync", &job.path)(e));
-            }
+        if let (Ok(()), Some(f)) = (&job.result, &job.rec)
+            && let Err(e) = f.file().sync_data()
+        {
+            job.result = Err(io_err("fdatasync", &job.path)(e));
         }
     }
     let fans: BTreeSet<u8> = batch
@@ -868,11 +868,11 @@ fn sync_batch(
         return;
     }
     for job in batch.iter_mut() {
-        if job.result.is_ok() {
-            if let Some((e, p)) = failed.get(&job.id.fan()) {
-                let e = io::Error::new(e.kind(), e.to_string());
-                job.result = Err(io_err("fsync directory", p)(e));
-            }
+        if job.result.is_ok()
+            && let Some((e, p)) = failed.get(&job.id.fan())
+        {
+            let e = io::Error::new(e.kind(), e.to_string());
+            job.result = Err(io_err("fsync directory", p)(e));
         }
     }
 }

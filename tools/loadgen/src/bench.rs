@@ -110,12 +110,12 @@ fn find_relay(opt: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = opt {
         return Ok(p.to_owned());
     }
-    if let Ok(me) = std::env::current_exe() {
-        if let Some(dir) = me.parent() {
-            for cand in [dir.join("millrace"), dir.join("../millrace")] {
-                if cand.is_file() {
-                    return Ok(cand);
-                }
+    if let Ok(me) = std::env::current_exe()
+        && let Some(dir) = me.parent()
+    {
+        for cand in [dir.join("millrace"), dir.join("../millrace")] {
+            if cand.is_file() {
+                return Ok(cand);
             }
         }
     }

@@ -1,14 +1,15 @@
 //! Criterion benches of the protocol hot paths, each with its baseline
 //! measured in the same run: the DATA scanner against a plain
 //! `memchr::memmem` search for `\r\n.\r\n` over the same buffer (and the
-//! byte-at-a-time oracle), and the MAIL command parser.
+//! byte-at-a-time oracle, and on 100 KiB the scanner's slower fast-pass
+//! kernels), and the MAIL command parser.
 //!
 //! Every bench checks its answer, so a broken fast path cannot look fast.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use millrace_proto::data::naive_scan;
+use millrace_proto::data::{Kernel, naive_scan};
 use millrace_proto::{BodyScanner, Command, Scan, parse_command};
 
 /// A wire-form body of about `size` bytes with ~72-octet lines, every
@@ -17,7 +18,7 @@ fn body(size: usize, dot_every: Option<usize>) -> Vec<u8> {
     let mut b = Vec::with_capacity(size + 80);
     let mut n = 0usize;
     while b.len() < size {
-        if dot_every.is_some_and(|k| n % k == 0) {
+        if dot_every.is_some_and(|k| n.is_multiple_of(k)) {
             b.extend_from_slice(b"..");
         }
         let line =
@@ -50,6 +51,23 @@ fn scanner(c: &mut Criterion) {
                     s.body_len()
                 })
             });
+            // The other fast-pass kernels this CPU has (`millrace` above
+            // uses the fastest), on the mid size only.
+            let others = Kernel::ALL
+                .into_iter()
+                .filter(|&k| size == 100 * 1024 && k != Kernel::best())
+                .filter_map(BodyScanner::with_kernel);
+            for fresh in others {
+                let name = format!("millrace_{:?}", fresh.kernel());
+                g.bench_function(name.to_lowercase(), |b| {
+                    b.iter(|| {
+                        let mut s = fresh.clone();
+                        let r = s.scan(black_box(&input));
+                        assert_eq!(r, Scan::Complete { consumed: end });
+                        s.body_len()
+                    })
+                });
+            }
             let finder = memchr::memmem::Finder::new(b"\r\n.\r\n");
             g.bench_function("memmem_baseline", |b| {
                 b.iter(|| {

@@ -10,6 +10,13 @@ use std::sync::LazyLock;
 
 use memchr::{memchr2, memmem};
 
+#[allow(unsafe_code)]
+mod kernel;
+
+use kernel::Fast;
+#[doc(hidden)]
+pub use kernel::Kernel;
+
 /// Result of scanning one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
@@ -34,13 +41,19 @@ static END: LazyLock<memmem::Finder<'static>> =
 
 /// Incremental scanner for a DATA body; starts "at the start of a line".
 ///
-/// Two passes over each chunk, both at memory speed: `memmem` finds the
-/// first `CRLF.CRLF` (the end: a bare CR or LF before it cannot hide it,
-/// and nothing else ends the body), then a branchless check of adjacent
-/// byte pairs (which the compiler vectorises) finds any LF not preceded by
-/// CR or CR not followed by LF. The last four bytes seen are kept so a
-/// marker split across chunks is found, and a virtual CRLF precedes the
-/// body so that `.CRLF` right after the 354 is an empty body.
+/// Chunks of 256 bytes or more first go through a fused SIMD pass (module
+/// `kernel`: AVX-512BW or AVX2 when the CPU has them, else portable code)
+/// that computes CR, LF and `.` bitmasks 64 bytes at a time and clears the
+/// blocks holding neither a bare line ending nor a possible end marker.
+/// The rest (from the first block with such an event on, or the last
+/// partial block) goes through the exact path: `memmem` finds the first
+/// `CRLF.CRLF` (the end: a bare CR or LF before it cannot hide it, and
+/// nothing else ends the body), then a branchless check of adjacent byte
+/// pairs finds any LF not preceded by CR or CR not followed by LF. Once a
+/// bare line ending was seen, only the `memmem` search is left. The last
+/// four bytes seen are kept so a marker split across chunks is found, and
+/// a virtual CRLF precedes the body so that `.CRLF` right after the 354 is
+/// an empty body.
 ///
 /// ```
 /// use millrace_proto::{BodyScanner, Scan};
@@ -63,6 +76,7 @@ pub struct BodyScanner {
     octets: u64,
     bare: bool,
     done: bool,
+    fast: Fast,
 }
 
 impl Default for BodyScanner {
@@ -100,9 +114,25 @@ fn bare_pairs(prev: u8, buf: &[u8]) -> bool {
     false
 }
 
+/// Chunks shorter than this skip the fast pass (it would clear little;
+/// the type's docs say 256).
+const FAST_MIN: usize = 4 * kernel::BLOCK;
+
 impl BodyScanner {
     /// A scanner positioned just after the 354 reply.
     pub fn new() -> Self {
+        Self::with_fast(Fast::best())
+    }
+
+    /// A scanner whose fast pass uses `kernel`, or `None` if this CPU
+    /// cannot run it. For tests and benches: every kernel gives the same
+    /// results, [`BodyScanner::new`] picks the fastest.
+    #[doc(hidden)]
+    pub fn with_kernel(kernel: Kernel) -> Option<Self> {
+        Fast::new(kernel).map(Self::with_fast)
+    }
+
+    fn with_fast(fast: Fast) -> Self {
         Self {
             tail: [b'\r', b'\n', 0, 0],
             tail_len: 2,
@@ -110,12 +140,48 @@ impl BodyScanner {
             octets: 0,
             bare: false,
             done: false,
+            fast,
         }
+    }
+
+    /// The fast-pass kernel this scanner uses.
+    #[doc(hidden)]
+    pub fn kernel(&self) -> Kernel {
+        self.fast.kernel()
     }
 
     /// Scans the next chunk of input. After `Complete`, further calls
     /// return `Complete { consumed: 0 }`.
     pub fn scan(&mut self, chunk: &[u8]) -> Scan {
+        let t = &self.tail[..self.tail_len];
+        // Once a bare line ending was seen, the exact path is one memmem.
+        // The kernel cannot see a marker whose last LF is `chunk[0]`.
+        if self.done
+            || self.bare
+            || chunk.len() < FAST_MIN
+            || t.ends_with(b"\r\n.\r")
+        {
+            return self.scan_exact(chunk);
+        }
+        // The tail holds at least the two bytes before `chunk`.
+        let before = [t[t.len() - 2], t[t.len() - 1]];
+        // No end marker and no bare line ending end in `chunk[..q]`: the
+        // exact path would only count these bytes and keep the last ones.
+        // Do just that, then scan the rest exactly.
+        let q = self.fast.clean_prefix(before, chunk);
+        let (clean, rest) = chunk.split_at(q);
+        self.seen += q as u64;
+        self.push_tail(clean);
+        match self.scan_exact(rest) {
+            Scan::Complete { consumed } => {
+                Scan::Complete { consumed: q + consumed }
+            }
+            Scan::Partial => Scan::Partial,
+        }
+    }
+
+    /// The exact path: `memmem` for the marker, then the pair check.
+    fn scan_exact(&mut self, chunk: &[u8]) -> Scan {
         if self.done {
             return Scan::Complete { consumed: 0 };
         }
@@ -146,19 +212,7 @@ impl BodyScanner {
             self.bare = bare_pairs(prev, chunk);
         }
         self.seen += n as u64;
-        // Keep the last four bytes of the stream.
-        if n >= 4 {
-            self.tail.copy_from_slice(&chunk[n - 4..]);
-            self.tail_len = 4;
-        } else {
-            let mut t = [0u8; 8];
-            t[..tl].copy_from_slice(&self.tail[..tl]);
-            t[tl..tl + n].copy_from_slice(chunk);
-            let len = tl + n;
-            let keep = len.min(4);
-            self.tail[..keep].copy_from_slice(&t[len - keep..len]);
-            self.tail_len = keep;
-        }
+        self.push_tail(chunk);
         // Bytes that may still turn out to be the marker: `.` or `.CR`
         // after a CRLF.
         let t = &self.tail[..self.tail_len];
@@ -171,6 +225,24 @@ impl BodyScanner {
         };
         self.octets = self.seen - pending;
         Scan::Partial
+    }
+
+    /// Keeps the last four bytes of the stream, `bytes` being the newest.
+    fn push_tail(&mut self, bytes: &[u8]) {
+        let n = bytes.len();
+        if n >= 4 {
+            self.tail.copy_from_slice(&bytes[n - 4..]);
+            self.tail_len = 4;
+        } else {
+            let tl = self.tail_len;
+            let mut t = [0u8; 8];
+            t[..tl].copy_from_slice(&self.tail[..tl]);
+            t[tl..tl + n].copy_from_slice(bytes);
+            let len = tl + n;
+            let keep = len.min(4);
+            self.tail[..keep].copy_from_slice(&t[len - keep..len]);
+            self.tail_len = keep;
+        }
     }
 
     /// Body octets so far in wire form, excluding the terminating `.CRLF`
@@ -333,48 +405,72 @@ pub fn naive_scan(input: &[u8]) -> (Option<usize>, u64, bool) {
 }
 
 /// Fuzz entry point: the scanner over a fuzzer-chosen chunking agrees with
-/// one pass over the whole input and with the byte-at-a-time oracle, and
-/// never claims more bytes than it was given. The first byte picks the
-/// chunk size; the input is tried raw and mapped onto `{CR, LF, '.', 'a'}`
-/// (where all the interesting cases live).
+/// one pass over the whole input and with the byte-at-a-time oracle, with
+/// every fast-pass kernel this CPU has, and never claims more bytes than it
+/// was given. The first byte picks the chunk size (small ones, and ones
+/// past the fast pass's minimum); the input is tried raw and mapped onto
+/// `{CR, LF, '.', 'a'}` (where all the interesting cases live) and onto
+/// mostly `a` with CR, LF and `.` mixed in (so that whole blocks are
+/// clean).
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub fn fuzz_scanner(data: &[u8]) {
     let Some((&step, rest)) = data.split_first() else { return };
-    let step = usize::from(step % 16) + 1;
+    let step = if step < 128 {
+        usize::from(step % 16) + 1
+    } else {
+        FAST_MIN + usize::from(step - 128) * 5
+    };
     let mapped: Vec<u8> = rest
         .iter()
         .map(|b| [b'\r', b'\n', b'.', b'a'][usize::from(b % 4)])
         .collect();
-    for input in [rest, &mapped[..]] {
+    let sparse: Vec<u8> = rest
+        .iter()
+        .flat_map(|&b| match b {
+            0 => &b"\r"[..],
+            1 => b"\n",
+            2 => b".",
+            3..=31 => b"\r\n",
+            _ => b"a",
+        })
+        .copied()
+        .collect();
+    for input in [rest, &mapped[..], &sparse[..]] {
         let oracle = naive_scan(input);
-        let mut whole = BodyScanner::new();
-        let w = match whole.scan(input) {
-            Scan::Complete { consumed } => {
-                assert!(consumed <= input.len());
-                Some(consumed)
+        for kernel in Kernel::ALL {
+            let Some(fresh) = BodyScanner::with_kernel(kernel) else {
+                continue;
+            };
+            let mut whole = fresh.clone();
+            let w = match whole.scan(input) {
+                Scan::Complete { consumed } => {
+                    assert!(consumed <= input.len());
+                    Some(consumed)
+                }
+                Scan::Partial => None,
+            };
+            assert_eq!(
+                (w, whole.body_len(), whole.saw_bare_line_ending()),
+                oracle,
+                "{kernel:?}"
+            );
+            let mut chunked = fresh;
+            let mut done = None;
+            for (i, chunk) in input.chunks(step).enumerate() {
+                if let Scan::Complete { consumed } = chunked.scan(chunk) {
+                    assert!(consumed <= chunk.len());
+                    done = Some(i * step + consumed);
+                    break;
+                }
             }
-            Scan::Partial => None,
-        };
-        assert_eq!(
-            (w, whole.body_len(), whole.saw_bare_line_ending()),
-            oracle
-        );
-        let mut chunked = BodyScanner::new();
-        let mut done = None;
-        for (i, chunk) in input.chunks(step).enumerate() {
-            if let Scan::Complete { consumed } = chunked.scan(chunk) {
-                assert!(consumed <= chunk.len());
-                done = Some(i * step + consumed);
-                break;
-            }
+            assert_eq!(done, w, "{kernel:?}");
+            assert_eq!(chunked.body_len(), whole.body_len());
+            assert_eq!(
+                chunked.saw_bare_line_ending(),
+                whole.saw_bare_line_ending()
+            );
         }
-        assert_eq!(done, w);
-        assert_eq!(chunked.body_len(), whole.body_len());
-        assert_eq!(
-            chunked.saw_bare_line_ending(),
-            whole.saw_bare_line_ending()
-        );
     }
 }
 
@@ -393,7 +489,14 @@ mod tests {
     }
 
     fn chunked(input: &[u8], cuts: &[usize]) -> (Option<usize>, u64, bool) {
-        let mut s = BodyScanner::new();
+        chunked_with(BodyScanner::new(), input, cuts)
+    }
+
+    fn chunked_with(
+        mut s: BodyScanner,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Option<usize>, u64, bool) {
         let mut start = 0;
         let mut bounds: Vec<usize> = cuts.to_vec();
         bounds.push(input.len());
@@ -505,6 +608,59 @@ mod tests {
                         expect,
                         "{input:?} @{a},{b}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_is_available_when_supported() {
+        assert!(BodyScanner::with_kernel(Kernel::Portable).is_some());
+        for k in Kernel::ALL {
+            assert_eq!(
+                BodyScanner::with_kernel(k).is_some(),
+                k.is_supported()
+            );
+        }
+        assert!(Kernel::best().is_supported());
+        assert_eq!(BodyScanner::new().kernel(), Kernel::best());
+    }
+
+    /// Each smuggling vector, end marker and bare line ending at every
+    /// offset around the first blocks and the end of a long clean body,
+    /// scanned whole and split, by every kernel this CPU has.
+    #[test]
+    fn every_kernel_agrees_around_block_edges() {
+        let line = b"The quick brown fox\r\n..dot\r\n\r\n";
+        let base: Vec<u8> = line.iter().copied().cycle().take(700).collect();
+        let vectors: [&[u8]; 10] = [
+            b"\r\n.\r\n",
+            b".\r\n",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\n.\n",
+            b"\r.\r\n",
+            b"\r\n.\rX",
+            b"\r",
+            b"\n",
+            b"\r\r\n",
+        ];
+        for v in vectors {
+            for at in (0..200).chain(base.len() - 140..=base.len()) {
+                let mut input = base.clone();
+                input.splice(at..at, v.iter().copied());
+                input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+                let expect = naive_scan(&input);
+                for k in Kernel::ALL {
+                    let Some(s) = BodyScanner::with_kernel(k) else {
+                        continue;
+                    };
+                    let got = chunked_with(s.clone(), &input, &[]);
+                    assert_eq!(got, expect, "{k:?} {v:?} at {at}");
+                    for cut in [1, 2, 3, 4, 5, 64, 256, at, at + 2, at + 4] {
+                        let got = chunked_with(s.clone(), &input, &[cut]);
+                        assert_eq!(got, expect, "{k:?} {v:?} at {at}/{cut}");
+                    }
                 }
             }
         }

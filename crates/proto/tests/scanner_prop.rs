@@ -1,12 +1,20 @@
 //! Property tests of the DATA scanner against the byte-at-a-time oracle,
-//! over arbitrary chunk splits and alignments, and of dot-stuffing.
+//! over arbitrary chunk splits and alignments, with every fast-pass kernel
+//! the CPU has, and of dot-stuffing.
 
-use millrace_proto::data::naive_scan;
+use millrace_proto::data::{Kernel, naive_scan};
 use millrace_proto::{BodyScanner, DotStuffer, Scan, unstuff};
 use proptest::prelude::*;
 
 fn scan_chunks(input: &[u8], cuts: &[usize]) -> (Option<usize>, u64, bool) {
-    let mut s = BodyScanner::new();
+    scan_chunks_with(BodyScanner::new(), input, cuts)
+}
+
+fn scan_chunks_with(
+    mut s: BodyScanner,
+    input: &[u8],
+    cuts: &[usize],
+) -> (Option<usize>, u64, bool) {
     let mut bounds: Vec<usize> =
         cuts.iter().map(|c| c % (input.len() + 1)).collect();
     bounds.sort_unstable();
@@ -31,6 +39,25 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         prop::sample::select(vec![b'\r', b'\n', b'.', b'a', b'b', b' ']),
         0..200,
     )
+}
+
+/// Long bodies (past the fast pass's minimum chunk) that are mostly clean
+/// CRLF text, so that the kernels clear whole blocks, with stuffed dots,
+/// end markers, smuggling vectors and bare line endings mixed in.
+fn long_body() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        200 => "[a-z ]{1,70}\r\n".prop_map(String::into_bytes),
+        30 => "\\.\\.[a-z]{0,10}\r\n".prop_map(String::into_bytes),
+        1 => Just(b"\r\n.\r\n".to_vec()),
+        1 => Just(b".\r\n".to_vec()),
+        1 => Just(b"\n.\r\n".to_vec()),
+        1 => Just(b"\r\n.\n".to_vec()),
+        1 => Just(b"\r.\r\n".to_vec()),
+        1 => Just(b"\r\n.\r".to_vec()),
+        1 => Just(b"\r".to_vec()),
+        1 => Just(b"\n".to_vec()),
+    ];
+    prop::collection::vec(token, 0..120).prop_map(|t| t.concat())
 }
 
 /// Bodies made of proper CRLF lines (no bare line endings).
@@ -61,6 +88,34 @@ proptest! {
         let expect = naive_scan(input);
         prop_assert_eq!(scan_chunks(input, &[]), expect);
         prop_assert_eq!(scan_chunks(input, &cuts), expect);
+    }
+
+    #[test]
+    fn every_kernel_equals_the_oracle_on_long_bodies(
+        input in long_body(),
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+        pad in 0usize..64,
+    ) {
+        let mut padded = vec![b'x'; pad];
+        padded.extend_from_slice(&input);
+        let input = &padded[pad..];
+        let expect = naive_scan(input);
+        for kernel in Kernel::ALL {
+            let Some(s) = BodyScanner::with_kernel(kernel) else { continue };
+            prop_assert_eq!(kernel, s.kernel());
+            prop_assert_eq!(
+                scan_chunks_with(s.clone(), input, &[]),
+                expect,
+                "{:?}",
+                kernel
+            );
+            prop_assert_eq!(
+                scan_chunks_with(s, input, &cuts),
+                expect,
+                "{:?}",
+                kernel
+            );
+        }
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// ENVID, xtext-decoded.
     pub envid: Option<String>,
-    /// AUTH=<mailbox> (xtext-decoded), `<>` kept as "<>".
+    /// `AUTH=<mailbox>` (xtext-decoded), `<>` kept as "<>".
     pub auth: Option<String>,
 }
 

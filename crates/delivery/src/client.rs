@@ -678,3 +678,6 @@ fn new_inflight(n: usize) -> InFlight {
         needs_rset: false,
     }
 }
+
+#[cfg(test)]
+mod tests;

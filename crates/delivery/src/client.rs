@@ -512,7 +512,13 @@ impl Client {
 
     fn on_reply(&mut self, reply: Reply) -> Result<(), ClientError> {
         if reply.code == 421 && !matches!(self.state, State::ExpectQuitReply) {
-            if matches!(self.state, State::ExpectGreeting) {
+            if matches!(
+                self.state,
+                State::ExpectGreeting
+                    | State::ExpectEhloReply
+                    | State::ExpectHeloReply
+            ) {
+                // Refused before any transaction: later ones take it.
                 self.refusal = Some(reply.clone());
             }
             self.fail(Some(&reply));

@@ -296,6 +296,34 @@ fn greeting_421_refuses_every_transaction() {
     assert_eq!(t.out(), "");
 }
 
+#[test]
+fn ehlo_or_helo_421_refuses_every_transaction() {
+    for (ehlo_reply, helo_reply) in [
+        ("421 4.7.0 Too many connections\r\n", None),
+        ("500 5.5.2 What\r\n", Some("421 4.7.0 Too many connections\r\n")),
+    ] {
+        let mut t = T::new();
+        t.recv("220 mx.test\r\n");
+        t.out();
+        t.recv(ehlo_reply);
+        if let Some(helo_reply) = helo_reply {
+            assert_eq!(t.out(), "HELO relay.test\r\n");
+            t.recv(helo_reply);
+        }
+        assert_eq!(t.out(), "");
+        assert_eq!(t.ev(), ["Closed"]);
+        assert_eq!(
+            t.c.refusal().map(Reply::to_single_line).as_deref(),
+            Some("421 4.7.0 Too many connections"),
+        );
+        t.start(tx("s@x.test", &["a@y.test"]));
+        assert_eq!(
+            t.ev(),
+            ["Done", "0 Transient 421 4.7.0 Too many connections"]
+        );
+    }
+}
+
 // ---------------------------------------------------------------------
 // MAIL, RCPT, DATA
 

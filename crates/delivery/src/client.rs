@@ -57,6 +57,24 @@ pub struct Transaction {
     /// Octets the driver will write after 354: the Received header plus
     /// the wire-form body (used for SIZE).
     pub size: u64,
+    /// The message's header section holds UTF-8 (see
+    /// [`has_utf8_headers`]): it may only go to a next hop that offers
+    /// SMTPUTF8 (RFC 6531 section 3.4).
+    pub utf8_headers: bool,
+}
+
+/// Whether the header section of `body` (up to the first empty line, or
+/// all of it when there is none) holds an octet above 0x7f: a message
+/// received with SMTPUTF8 and such headers needs SMTPUTF8 at the next hop
+/// too.
+pub fn has_utf8_headers(body: &[u8]) -> bool {
+    let Some(first) = body.iter().position(|b| !b.is_ascii()) else {
+        return false;
+    };
+    // Does the header section end before that octet?
+    let before = &body[..first];
+    !(before.starts_with(b"\r\n")
+        || before.windows(4).any(|w| w == b"\r\n\r\n"))
 }
 
 /// How one recipient fared.
@@ -230,6 +248,16 @@ fn bad_address(sender: bool) -> Reply {
     Reply::new(553, Some(code), "address contains forbidden characters")
 }
 
+/// RFC 6531 section 3.4: no message with internationalized headers to a
+/// server without SMTPUTF8.
+fn utf8_headers_refused() -> Reply {
+    Reply::new(
+        554,
+        Some(EnhancedCode::new(5, 6, 7)),
+        "message has UTF-8 headers and the next hop does not offer SMTPUTF8",
+    )
+}
+
 fn needs_smtputf8() -> Reply {
     Reply::new(
         553,
@@ -369,6 +397,12 @@ impl Client {
             && tx.size > limit
         {
             f.decide_all(&too_big());
+            self.events.push_back(ClientEvent::Done(f.into_results()));
+            self.events.push_back(ClientEvent::Ready);
+            return Ok(());
+        }
+        if tx.utf8_headers && !caps.smtputf8 {
+            f.decide_all(&utf8_headers_refused());
             self.events.push_back(ClientEvent::Done(f.into_results()));
             self.events.push_back(ClientEvent::Ready);
             return Ok(());

@@ -939,6 +939,8 @@ fn transaction(msg: &StoredMessage, item: &JobItem) -> Transaction {
         mail_params,
         recipients,
         size: (env.received.len() + msg.body().len()) as u64,
+        utf8_headers: env.smtputf8
+            && crate::client::has_utf8_headers(msg.body()),
     }
 }
 

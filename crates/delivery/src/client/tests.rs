@@ -41,6 +41,7 @@ fn tx(sender: &str, rcpts: &[&str]) -> Transaction {
             .map(|r| ((*r).to_owned(), RcptParams::default()))
             .collect(),
         size: 500,
+        utf8_headers: false,
     }
 }
 
@@ -1215,4 +1216,91 @@ fn malformed_reply_in_every_cut() {
             "Closed",
         ],
     );
+}
+
+// ---------------------------------------------------------------------
+// RFC 6531 section 3.4: UTF-8 headers need SMTPUTF8 at the next hop
+
+#[test]
+fn utf8_headers_without_smtputf8() {
+    let refused = "554 5.6.7 message has UTF-8 headers and the next hop \
+                   does not offer SMTPUTF8";
+    for exts in [&["PIPELINING", "SIZE 10000", "8BITMIME", "DSN"][..], &[]] {
+        let mut t = T::ready(exts);
+        let mut x = tx("s@x.test", &["a@y.test", "b@y.test"]);
+        x.mail_params.smtputf8 = true;
+        x.utf8_headers = true;
+        assert_eq!(t.start(x), "", "{exts:?}: nothing written");
+        assert_eq!(
+            t.ev(),
+            [
+                "Done",
+                &format!("0 Permanent {refused}"),
+                &format!("1 Permanent {refused}"),
+                "Ready"
+            ]
+        );
+        assert!(t.c.is_idle());
+        // The connection stays usable for other messages.
+        let mut x = tx("s@x.test", &["a@y.test"]);
+        x.mail_params.smtputf8 = true;
+        assert!(t.start(x).starts_with("MAIL FROM:<s@x.test>"));
+    }
+    // Also after HELO (no extensions at all).
+    let mut t = T::new();
+    t.recv("220 mx.test\r\n");
+    t.recv("502 5.5.1 No\r\n");
+    t.recv("250 mx.test\r\n");
+    assert_eq!(t.out(), "EHLO relay.test\r\nHELO relay.test\r\n");
+    assert_eq!(t.ev(), ["Ready"]);
+    let mut x = tx("s@x.test", &["a@y.test"]);
+    x.utf8_headers = true;
+    assert_eq!(t.start(x), "");
+    assert_eq!(t.ev(), ["Done", &format!("0 Permanent {refused}"), "Ready"]);
+}
+
+#[test]
+fn utf8_headers_with_smtputf8() {
+    let mut t = T::ready(FULL);
+    let mut x = tx("s@x.test", &["a@y.test"]);
+    x.mail_params.smtputf8 = true;
+    x.utf8_headers = true;
+    assert_eq!(
+        t.start(x),
+        "MAIL FROM:<s@x.test> SIZE=500 SMTPUTF8\r\nRCPT TO:<a@y.test>\r\n\
+         DATA\r\n"
+    );
+    t.recv("250 Ok\r\n250 Ok\r\n354 Go\r\n");
+    assert_eq!(t.ev(), ["SendBody"]);
+    t.c.body_sent().unwrap();
+    t.recv("250 Queued\r\n");
+    assert_eq!(t.ev(), ["Done", "0 Delivered 250 Queued", "Ready"]);
+}
+
+#[test]
+fn utf8_in_the_header_section() {
+    let yes: [&[u8]; 5] = [
+        "Subject: Grüße\r\n\r\nBody\r\n".as_bytes(),
+        "From: a@b\r\nTo: \"Jörg\" <j@b>\r\n\r\n".as_bytes(),
+        // No empty line: all of it is header.
+        "Subject: ünfinished".as_bytes(),
+        // An empty line cut short is no empty line.
+        "X: y\r\n\rü\r\n\r\n".as_bytes(),
+        b"X: \xff\r\n\r\n",
+    ];
+    for body in yes {
+        assert!(has_utf8_headers(body), "{}", body.escape_ascii());
+    }
+    let no: [&[u8]; 6] = [
+        b"",
+        b"Subject: hi\r\n\r\nBody\r\n",
+        "Subject: hi\r\n\r\nGrüße\r\n".as_bytes(),
+        // No header section at all.
+        "\r\nGrüße\r\n".as_bytes(),
+        "Subject: hi\r\n\r\n\r\nü\r\n".as_bytes(),
+        b"Subject: hi\r\n\r\n\x80",
+    ];
+    for body in no {
+        assert!(!has_utf8_headers(body), "{}", body.escape_ascii());
+    }
 }

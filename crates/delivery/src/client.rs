@@ -495,7 +495,13 @@ impl Client {
             }
             _ => BodyType::SevenBit,
         };
-        params.smtputf8 = params.smtputf8 && caps.smtputf8;
+        // RFC 6531 section 3.4: SMTPUTF8 whenever the envelope or the
+        // headers need it (not only when it was received so), and only
+        // where offered (`start` refused the rest).
+        let needs_utf8 = tx.utf8_headers
+            || !tx.sender.is_ascii()
+            || tx.recipients.iter().any(|(r, _)| !r.is_ascii());
+        params.smtputf8 = (params.smtputf8 || needs_utf8) && caps.smtputf8;
         params.auth = None;
         if !caps.dsn {
             params.ret = None;

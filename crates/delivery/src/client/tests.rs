@@ -662,6 +662,28 @@ fn non_ascii_addresses_with_smtputf8() {
 }
 
 #[test]
+fn smtputf8_whenever_needed() {
+    // The SMTPUTF8 parameter goes with every transaction that needs it,
+    // even when the envelope did not carry it.
+    let mut t = T::ready(&["PIPELINING", "SMTPUTF8"]);
+    assert_eq!(
+        t.start(tx("s@x.test", &["a@y.test", "ü@y.test"])),
+        "MAIL FROM:<s@x.test> SMTPUTF8\r\nRCPT TO:<a@y.test>\r\n\
+         RCPT TO:<ü@y.test>\r\nDATA\r\n"
+    );
+    let mut t = T::ready(&["SMTPUTF8"]);
+    let mut x = tx("s@x.test", &["a@y.test"]);
+    x.utf8_headers = true;
+    assert_eq!(t.start(x), "MAIL FROM:<s@x.test> SMTPUTF8\r\n");
+    // All ASCII: none.
+    let mut t = T::ready(&["SMTPUTF8"]);
+    assert_eq!(
+        t.start(tx("s@x.test", &["a@y.test"])),
+        "MAIL FROM:<s@x.test>\r\n"
+    );
+}
+
+#[test]
 fn forbidden_octets_in_addresses() {
     let mut t = T::ready(FULL);
     let out = t

@@ -174,14 +174,15 @@ struct InFlight {
 
 impl InFlight {
     fn decide(&mut self, index: usize, reply: &Reply) {
+        self.decide_as(index, reply, RcptKind::of(reply));
+    }
+
+    /// Decides recipient `index` (once) with `reply`, as `kind`.
+    fn decide_as(&mut self, index: usize, reply: &Reply, kind: RcptKind) {
         if let Some(slot) = self.results.get_mut(index)
             && slot.is_none()
         {
-            *slot = Some(RcptResult {
-                index,
-                kind: RcptKind::of(reply),
-                reply: reply.clone(),
-            });
+            *slot = Some(RcptResult { index, kind, reply: reply.clone() });
         }
     }
 
@@ -648,6 +649,10 @@ impl Client {
             Awaited::Rcpt(i) => {
                 if reply.is_positive() && !f.needs_rset {
                     f.accepted.push(i);
+                } else if reply.code == 552 {
+                    // RFC 5321 4.5.3.1.10: a 552 to RCPT means too many
+                    // recipients; treat it as 452 (retry later).
+                    f.decide_as(i, &reply, RcptKind::Transient);
                 } else {
                     f.decide(i, &reply);
                 }

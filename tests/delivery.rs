@@ -205,12 +205,20 @@ fn crash_with_the_sink_down_then_everything_is_delivered() {
         acked.iter().all(|(_, r)| sink.count_for(r) >= 1).then_some(())
     });
     // Each acknowledged id was delivered (the Delivery events name it).
-    let delivered: std::collections::HashSet<String> = relay
-        .events("Delivery")
-        .iter()
-        .filter_map(|e| e["id"].as_str().map(str::to_owned))
-        .collect();
-    for (id, _) in &acked {
-        assert!(delivered.contains(&queue_id(&format!("x {id}"))), "{id}");
-    }
+    // The sink has a message before the relay hears its 250 and logs the
+    // Delivery, so wait for the log too.
+    let want: Vec<String> =
+        acked.iter().map(|(id, _)| queue_id(&format!("x {id}"))).collect();
+    let missing = || -> Vec<String> {
+        let delivered: std::collections::HashSet<String> = relay
+            .events("Delivery")
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect();
+        want.iter().filter(|id| !delivered.contains(*id)).cloned().collect()
+    };
+    wait_for("a Delivery event for every acknowledged id", DEADLINE, || {
+        missing().is_empty().then_some(())
+    });
+    assert!(missing().is_empty());
 }

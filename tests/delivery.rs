@@ -222,3 +222,33 @@ fn crash_with_the_sink_down_then_everything_is_delivered() {
     });
     assert!(missing().is_empty());
 }
+
+#[test]
+fn utf8_headers_go_only_to_a_next_hop_with_smtputf8() {
+    // RFC 6531 3.4: a message with internationalised headers must not be
+    // sent to a server without SMTPUTF8; it bounces with 5.6.7 instead.
+    let plain = Sink::start();
+    let intl = Sink::start();
+    intl.set_ehlo_extra(&["DSN", "SMTPUTF8"]);
+    let relay = Relay::start(&routes(&[
+        ("plain.example", &plain),
+        ("intl.example", &intl),
+    ]));
+    let mut s = relay.connect();
+    s.expect("EHLO client.example", "250");
+    for rcpt in ["u@plain.example", "u@intl.example"] {
+        s.expect("MAIL FROM:<a@example.org> SMTPUTF8", "250");
+        s.expect(&format!("RCPT TO:<{rcpt}>"), "250");
+        s.expect("DATA", "354");
+        s.send("Subject: Grüße\r\n\r\nhallo\r\n.\r\n".as_bytes());
+        assert_eq!(s.reply().0, 250);
+    }
+    let bounce = relay.wait_events("Bounce", 1);
+    assert_eq!(bounce[0]["recipient"], "u@plain.example");
+    let reply = bounce[0]["reply"].as_str().unwrap();
+    assert!(reply.starts_with("554 5.6.7"), "{reply}");
+    relay.wait_events("Delivery", 1);
+    assert_eq!(intl.count_for("u@intl.example"), 1);
+    assert_eq!(plain.received().len(), 0, "nothing sent without SMTPUTF8");
+    assert_eq!(plain.rcpt_attempts("u@plain.example"), 0);
+}

@@ -31,6 +31,29 @@ pub(crate) struct Bouncer {
     queue: OnceLock<Queue>,
 }
 
+/// What a DSN quotes of the original (our Received header plus the stored
+/// body), and the RET to compose it with. When only headers go back, only
+/// they are copied: a 35 MB original is not read into memory for them.
+fn returned_original(env: &Envelope, body: &[u8]) -> (Vec<u8>, Option<bool>) {
+    let size = env.received.len() + body.len();
+    let full = env.ret_full.unwrap_or(size <= millrace_dsn::FULL_RETURN_LIMIT);
+    let part = if full {
+        body
+    } else if body.starts_with(b"\r\n") {
+        // No header lines: the Received header ends the block.
+        &body[..0]
+    } else {
+        match body.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(p) => &body[..p + 2],
+            None => body,
+        }
+    };
+    let mut original = Vec::with_capacity(env.received.len() + part.len());
+    original.extend_from_slice(env.received.as_bytes());
+    original.extend_from_slice(part);
+    (original, Some(full))
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -177,9 +200,7 @@ impl Bouncer {
         if recipients.is_empty() {
             return;
         }
-        let mut original = Vec::with_capacity(env.received.len() + body.len());
-        original.extend_from_slice(env.received.as_bytes());
-        original.extend_from_slice(body);
+        let (original, ret_full) = returned_original(env, body);
         let queue_id = id.to_string();
         let count = recipients.len();
         let text = millrace_dsn::compose(&Report {
@@ -189,7 +210,7 @@ impl Bouncer {
             envid: env.envid.as_deref(),
             arrival_unix: env.arrival_unix,
             now_unix: now,
-            ret_full: env.ret_full,
+            ret_full,
             original: &original,
             max_queue_lifetime_secs: self.lifetime_secs,
             recipients,
@@ -285,6 +306,63 @@ mod tests {
         assert!(!wants(NOTIFY_SUCCESS, NOTIFY_FAILURE));
         assert!(wants(NOTIFY_SUCCESS | NOTIFY_FAILURE, NOTIFY_FAILURE));
         assert!(!wants(NOTIFY_FAILURE, NOTIFY_DELAY));
+    }
+
+    #[test]
+    fn headers_only_dsn_is_the_same_without_copying_the_body() {
+        fn report(original: &[u8], ret_full: Option<bool>) -> Report<'_> {
+            Report {
+                reporting_mta: "relay.example",
+                queue_id: "ID",
+                original_sender: "a@example.org",
+                envid: None,
+                arrival_unix: 1_700_000_000,
+                now_unix: 1_700_000_100,
+                ret_full,
+                original,
+                max_queue_lifetime_secs: 5 * 86_400,
+                recipients: vec![RecipientReport {
+                    final_recipient: "b@example.net",
+                    original_recipient: None,
+                    action: Action::Failed,
+                    status: EnhancedCode::new(5, 1, 1),
+                    remote_mta: Some("mx.example.net"),
+                    diagnostic: Some("550 5.1.1 no such user"),
+                    last_attempt_unix: Some(1_700_000_050),
+                    will_retry_until_unix: None,
+                }],
+            }
+        }
+        let big = "x".repeat(200 * 1024);
+        let bodies = [
+            format!("Subject: big\r\n..dot\r\n\r\n{big}\r\n"),
+            format!("\r\n{big}\r\n"),
+            format!("Subject: all headers {big}\r\n"),
+            "Subject: small\r\n\r\nhi\r\n".to_owned(),
+        ];
+        for ret in [None, Some(false), Some(true)] {
+            for body in &bodies {
+                let env = Envelope {
+                    received: "Received: from c by relay; now\r\n".into(),
+                    ret_full: ret,
+                    ..Envelope::default()
+                };
+                let mut whole = env.received.clone().into_bytes();
+                whole.extend_from_slice(body.as_bytes());
+                let want = millrace_dsn::compose(&report(&whole, ret));
+                let (part, r) = returned_original(&env, body.as_bytes());
+                let got = millrace_dsn::compose(&report(&part, r));
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&want),
+                    "ret {ret:?}, body {:?}",
+                    &body[..20.min(body.len())]
+                );
+                if r == Some(false) {
+                    assert!(part.len() < 1024 || body.contains("all headers"));
+                }
+            }
+        }
     }
 
     #[test]

@@ -667,3 +667,30 @@ fn mark_done_on_a_recent_message_is_seen_at_once() {
         [false, false, true]
     );
 }
+
+#[test]
+fn pooled_file_grows_for_many_recipients_and_a_large_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let small = commit(&spool, b"x\r\n", &env(1, "small"));
+    spool.delete(small).unwrap();
+    assert_eq!(free_files(dir.path()), 1);
+    // 50,000 recipient slots put the body far past the pooled file's end,
+    // and the body itself needs several more doublings.
+    let e = env(50_000, "many");
+    let data = body(77, 300_000);
+    let id = commit(&spool, &data, &e);
+    assert_eq!(free_files(dir.path()), 0, "the pooled file was taken");
+    spool.mark_done(id, &[0, 49_999]).unwrap();
+    let s = spool.open_message(id).unwrap();
+    assert!(s.body() == &data[..]);
+    assert_eq!(s.envelope(), &e);
+    assert!(s.is_done(0) && s.is_done(49_999) && !s.is_done(1));
+    drop(s);
+    drop(spool);
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    assert_eq!(spool.recover().unwrap().committed, vec![id]);
+    let s = spool.open_message(id).unwrap();
+    assert!(s.body() == &data[..], "read back from the file");
+    assert!(s.is_done(49_999) && !s.is_done(49_998));
+}

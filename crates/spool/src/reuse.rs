@@ -189,6 +189,11 @@ impl Hot {
         self.by_id.get(&id).cloned()
     }
 
+    /// The entry itself (to look at its reference count).
+    pub(crate) fn get_ref(&self, id: MessageId) -> Option<&Arc<Held>> {
+        self.by_id.get(&id)
+    }
+
     pub(crate) fn remove(&mut self, id: MessageId) -> Option<Arc<Held>> {
         self.by_id.remove(&id)
     }

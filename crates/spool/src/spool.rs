@@ -148,19 +148,78 @@ impl Shared {
         }
     }
 
-    /// Retires the message file at `path`: into the pool (renamed under
-    /// `free/`) when there is room, otherwise unlinked. `NotFound` if
-    /// there is no such file. The old record is left as it is: nothing
-    /// scans `free/`, and once the file is renamed for a new message,
+    /// Moves the file at `path` to a fresh name under `free/`.
+    fn park(&self, path: &Path) -> io::Result<u64> {
+        let name = self.next_free.fetch_add(1, Ordering::Relaxed);
+        fs::rename(path, self.free_path(name))?;
+        Ok(name)
+    }
+
+    /// Puts the file parked as `free/<name>` into the pool, or unlinks
+    /// it if the pool filled up meanwhile (the check and the push are
+    /// one critical section, so the bounds hold).
+    fn pool_parked(&self, name: u64, m: Mapped) {
+        let mut pool = lock(&self.pool);
+        if pool.has_room(m.map.len()) {
+            pool.push(Slot { mapped: m, name });
+            return;
+        }
+        drop(pool);
+        drop(m);
+        let _ = fs::remove_file(self.free_path(name));
+    }
+
+    /// Retires the file of a message being received (nobody else knows
+    /// its name) at `path`: into the pool (renamed under `free/`) when
+    /// there is room, otherwise unlinked. `NotFound` if there is no
+    /// such file. The old record is left as it is: nothing scans
+    /// `free/`, and once the file is renamed for a new message,
     /// recovery sees the old id in the header differ from the name.
     pub(crate) fn recycle(&self, path: &Path, m: Mapped) -> io::Result<()> {
         if !lock(&self.pool).has_room(m.map.len()) {
             drop(m);
             return fs::remove_file(path);
         }
-        let name = self.next_free.fetch_add(1, Ordering::Relaxed);
-        fs::rename(path, self.free_path(name))?;
-        lock(&self.pool).push(Slot { mapped: m, name });
+        let name = self.park(path)?;
+        self.pool_parked(name, m);
+        Ok(())
+    }
+
+    /// Deletes committed message `id`, whose file is at `path`.
+    ///
+    /// A message of the hot set that nobody reads goes back to the
+    /// pool. Its file is renamed under `free/` *before* it leaves the
+    /// hot set: from then on an `open_message` that misses the hot set
+    /// finds no file, so nobody can map, by name, a file that is about
+    /// to be written over for another message. (Leaving the hot set
+    /// first let a reader open the file by name in between, and the
+    /// next message was written over what it was reading.) A message
+    /// still read, evicted meanwhile, or not hot at all is unlinked:
+    /// its mappings outlive the name and the file is never reused.
+    fn retire(&self, id: MessageId, path: &Path) -> io::Result<()> {
+        let idle_len = lock(&self.hot)
+            .get_ref(id)
+            .filter(|h| Arc::strong_count(h) == 1)
+            .map(|h| h.mapped.map.len());
+        let parked = match idle_len {
+            Some(len) if lock(&self.pool).has_room(len) => {
+                self.park(path).ok()
+            }
+            _ => None,
+        };
+        let held = lock(&self.hot).remove(id);
+        let Some(name) = parked else {
+            drop(held);
+            return fs::remove_file(path);
+        };
+        match held.map(Arc::try_unwrap) {
+            Some(Ok(h)) => self.pool_parked(name, h.mapped),
+            // Opened meanwhile (the reader keeps the mapping), or
+            // evicted (someone may have mapped it by name since).
+            Some(Err(_)) | None => {
+                let _ = fs::remove_file(self.free_path(name));
+            }
+        }
         Ok(())
     }
 
@@ -528,13 +587,7 @@ impl Spool {
     /// nobody is reading any more goes back to the pool of files.
     pub fn delete(&self, id: MessageId) -> Result<(), SpoolError> {
         let path = self.message_path(id);
-        let held = lock(&self.inner.shared.hot).remove(id);
-        let res = match held.map(Arc::try_unwrap) {
-            Some(Ok(h)) => self.inner.shared.recycle(&path, h.mapped),
-            // Still being read (the mapping outlives the name), or
-            // no longer mapped: unlink.
-            Some(Err(_)) | None => fs::remove_file(&path),
-        };
+        let res = self.inner.shared.retire(id, &path);
         match res {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -143,10 +143,14 @@ pub(crate) fn load(path: &Path, id: MessageId) -> Result<StoredMessage, Bad> {
     // SAFETY: spool files are only written by this process (the spool
     // directory is locked) and never modified or truncated while
     // committed, except the done map, which lies before `body_off` and
-    // so outside this mapping. A committed file opened here is not in
-    // the hot set, and only hot-set files are ever reused; deleting it
-    // only unlinks it, which keeps the mapping valid. `end <= size` was
-    // checked above, so the mapped range is within the file.
+    // so outside this mapping. Only a file of the hot set is ever
+    // reused, and `delete` renames it away before it leaves the hot
+    // set, so a file opened here by name (the hot set missed it) is
+    // never reused: deleting it only unlinks it, which keeps the
+    // mapping valid. (Ids are known only once committed, so nobody
+    // opens a file by name before it joins the hot set; `list` during
+    // commits would break that.) `end <= size` was checked above, so
+    // the mapped range is within the file.
     let map = unsafe {
         MmapOptions::new().offset(h.body_off).len(mapped).map(&file)
     }

@@ -694,3 +694,53 @@ fn pooled_file_grows_for_many_recipients_and_a_large_body() {
     assert!(s.body() == &data[..], "read back from the file");
     assert!(s.is_done(49_999) && !s.is_done(49_998));
 }
+
+/// Regression: `delete` took a hot message out of the hot set and only
+/// then renamed its file into the pool, so an `open_message` in
+/// between missed the hot set, opened the file by name and mapped it;
+/// the file was then handed to the next message and written over while
+/// that reader still held (and, after its checksum check, trusted) it.
+#[test]
+fn open_racing_delete_never_sees_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (mut rounds, mut cold) = (0, 0);
+    while Instant::now() < deadline && cold < 20 {
+        rounds += 1;
+        let data = body(rounds, 2000);
+        let id = commit(&spool, &data, &env(1, "race"));
+        // The hot mapping's address tells a hot open from a cold one.
+        let hot_ptr = spool.open_message(id).unwrap().body().as_ptr() as usize;
+        let go = Arc::new(std::sync::Barrier::new(2));
+        let reader = {
+            let (spool, go) = (spool.clone(), Arc::clone(&go));
+            std::thread::spawn(move || {
+                go.wait();
+                let mut kept = Vec::new();
+                while let Ok(s) = spool.open_message(id) {
+                    if s.body().as_ptr() as usize != hot_ptr {
+                        kept.push(s);
+                    }
+                }
+                kept
+            })
+        };
+        go.wait();
+        spool.delete(id).unwrap();
+        let kept = reader.join().unwrap();
+        // The next message reuses the file if it went to the pool.
+        let next =
+            commit(&spool, &body(rounds + 1_000_000, 2000), &env(1, "n"));
+        for s in &kept {
+            cold += 1;
+            assert!(
+                s.body() == &data[..],
+                "round {rounds}: a reader of {id} sees another message"
+            );
+        }
+        drop(kept);
+        spool.delete(next).unwrap();
+    }
+    eprintln!("{rounds} rounds, {cold} cold opens during delete");
+}

@@ -171,18 +171,21 @@ impl Shared {
 
     /// Retires the file of a message being received (nobody else knows
     /// its name) at `path`: into the pool (renamed under `free/`) when
-    /// there is room, otherwise unlinked. `NotFound` if there is no
-    /// such file. The old record is left as it is: nothing scans
-    /// `free/`, and once the file is renamed for a new message,
-    /// recovery sees the old id in the header differ from the name.
+    /// there is room, otherwise unlinked; unlinked too when the rename
+    /// fails (`EXDEV`, `ENOSPC`, a missing `free/`), so the file never
+    /// stays behind. `NotFound` if there is no such file. The old
+    /// record is left as it is: nothing scans `free/`, and once the
+    /// file is renamed for a new message, recovery sees the old id in
+    /// the header differ from the name.
     pub(crate) fn recycle(&self, path: &Path, m: Mapped) -> io::Result<()> {
-        if !lock(&self.pool).has_room(m.map.len()) {
-            drop(m);
-            return fs::remove_file(path);
+        if lock(&self.pool).has_room(m.map.len())
+            && let Ok(name) = self.park(path)
+        {
+            self.pool_parked(name, m);
+            return Ok(());
         }
-        let name = self.park(path)?;
-        self.pool_parked(name, m);
-        Ok(())
+        drop(m);
+        fs::remove_file(path)
     }
 
     /// Deletes committed message `id`, whose file is at `path`.

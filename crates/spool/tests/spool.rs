@@ -744,3 +744,31 @@ fn open_racing_delete_never_sees_the_next_message() {
     }
     eprintln!("{rounds} rounds, {cold} cold opens during delete");
 }
+
+/// Regression: when the rename into `free/` failed (`EXDEV`, `ENOSPC`,
+/// here `ENOTDIR`), `delete` returned the error and left the delivered
+/// message in `q/`, to be delivered again after every restart, and a
+/// dropped `Incoming` left its file behind.
+#[test]
+fn delete_unlinks_when_the_rename_into_the_pool_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let a = commit(&spool, &body(1, 300), &env(1, "a"));
+    let b = commit(&spool, &body(2, 300), &env(1, "b"));
+    spool.delete(b).unwrap();
+    assert_eq!(free_files(dir.path()), 1);
+    // `free/` becomes something no file can be renamed into.
+    fs::remove_dir_all(dir.path().join("free")).unwrap();
+    fs::write(dir.path().join("free"), b"not a directory").unwrap();
+    spool.delete(a).unwrap();
+    assert!(!spool.message_path(a).exists(), "delivered message left");
+    assert!(matches!(spool.delete(a), Err(SpoolError::NotFound(_))));
+    // The pooled file cannot be renamed out: a new file is made.
+    let c = commit(&spool, &body(3, 300), &env(1, "c"));
+    assert_eq!(spool.open_message(c).unwrap().body(), &body(3, 300)[..]);
+    let m = spool.create(1).unwrap();
+    let p = spool.message_path(m.id());
+    drop(m);
+    assert!(!p.exists(), "aborted message left");
+    assert_eq!(spool.list().unwrap(), vec![c]);
+}

@@ -772,3 +772,126 @@ fn delete_unlinks_when_the_rename_into_the_pool_fails() {
     assert!(!p.exists(), "aborted message left");
     assert_eq!(spool.list().unwrap(), vec![c]);
 }
+
+const REUSE_CHILD_ENV: &str = "MILLRACE_SPOOL_REUSE_CRASH_CHILD";
+
+/// Child half of `crash_safety_while_reusing_files`: commits from 3
+/// threads, prints each acknowledged id, and deletes every other one
+/// once acknowledged (so files cycle through the pool) from a reader
+/// thread that also keeps opening them. Does nothing unless the env
+/// var is set.
+#[test]
+fn crash_safety_while_reusing_files_child() {
+    let Ok(dir) = std::env::var(REUSE_CHILD_ENV) else { return };
+    let spool = Spool::open(Path::new(&dir), opts()).unwrap();
+    let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let (tx, rx) = std::sync::mpsc::channel::<(MessageId, u64)>();
+    let deleter = {
+        let (spool, stdout) = (spool.clone(), Arc::clone(&stdout));
+        std::thread::spawn(move || {
+            for (id, i) in rx {
+                let s = spool.open_message(id).unwrap();
+                assert_eq!(s.body(), &child_body(i)[..]);
+                drop(s);
+                use std::io::Write;
+                // Announced before it happens: a delete may or may not
+                // survive the kill.
+                writeln!(stdout.lock().unwrap(), "DEL {id}").unwrap();
+                spool.delete(id).unwrap();
+            }
+        })
+    };
+    let handles: Vec<_> = (0..3u64)
+        .map(|t| {
+            let (spool, stdout, tx) =
+                (spool.clone(), Arc::clone(&stdout), tx.clone());
+            std::thread::spawn(move || {
+                for i in (t..).step_by(3) {
+                    let id = commit(
+                        &spool,
+                        &child_body(i),
+                        &env(1, &i.to_string()),
+                    );
+                    use std::io::Write;
+                    let mut out = stdout.lock().unwrap();
+                    writeln!(out, "ACK {id} {i}").unwrap();
+                    out.flush().unwrap();
+                    drop(out);
+                    if i % 2 == 0 {
+                        tx.send((id, i)).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for h in handles {
+        h.join().unwrap();
+    }
+    deleter.join().unwrap();
+}
+
+#[test]
+fn crash_safety_while_reusing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_safety_while_reusing_files_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(REUSE_CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked: Vec<(MessageId, u64)> = Vec::new();
+    let mut deleted: HashSet<MessageId> = HashSet::new();
+    let mut take = |l: &str, acked: &mut Vec<_>| {
+        let mut w = l.split(' ');
+        match (w.next(), w.next().and_then(|s| s.parse().ok())) {
+            (Some("ACK"), Some(id)) => {
+                let i = w.next().and_then(|s| s.parse().ok()).unwrap();
+                acked.push((id, i));
+            }
+            (Some("DEL"), Some(id)) => {
+                deleted.insert(id);
+            }
+            _ => {}
+        }
+    };
+    while acked.len() < 300 {
+        let line = lines.next().expect("child exited early").unwrap();
+        take(&line, &mut acked);
+    }
+    child.kill().unwrap(); // SIGKILL
+    for line in lines {
+        take(&line.unwrap(), &mut acked);
+    }
+    child.wait().unwrap();
+    assert!(deleted.len() >= 50, "only {} deleted", deleted.len());
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    let rec = spool.recover().unwrap();
+    assert!(rec.corrupt.is_empty(), "{:?}", rec.corrupt);
+    let committed: HashSet<_> = rec.committed.iter().copied().collect();
+    for (id, _) in &acked {
+        assert!(
+            committed.contains(id) || deleted.contains(id),
+            "acknowledged {id} lost"
+        );
+    }
+    // Whatever survived (kept, deleted too late, or committed but not
+    // yet acknowledged) is its own message: envelope and body agree.
+    for id in &rec.committed {
+        let s = spool.open_message(*id).unwrap();
+        let i: u64 =
+            s.envelope().envid.as_deref().unwrap()[4..].parse().unwrap();
+        assert_eq!(s.body(), &child_body(i)[..], "{id} holds another body");
+        if let Some((_, j)) = acked.iter().find(|(a, _)| a == id) {
+            assert_eq!(i, *j, "{id} holds another message");
+        }
+    }
+    assert_eq!(spool.list().unwrap(), rec.committed);
+}

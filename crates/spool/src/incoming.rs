@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{Ordering, compiler_fence};
 use std::sync::{Arc, Mutex};
 
 use crate::envelope::{self, Envelope};
@@ -205,6 +206,10 @@ impl Incoming {
         // leaves a header without lengths (incomplete), never lengths
         // that point at a stale trailer of the file's previous message.
         map[end..end + tail.len()].copy_from_slice(&tail);
+        // Keep the compiler from moving the header stores before the
+        // trailer's (x86 and ARM keep program order for a process crash
+        // once the stores are issued in it; a power loss has no order).
+        compiler_fence(Ordering::SeqCst);
         map[..HEADER_LEN].copy_from_slice(&hb);
         let record_end = end + tail.len();
         let m = self.m.take().ok_or(SpoolError::Closed)?;

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -770,10 +770,12 @@ fn adopt_free_files(free: &Path) -> Result<(Pool, u64), SpoolError> {
             .open(&path)
             .map_err(io_err("open", &path))
             .and_then(|file| {
-                let len =
-                    file.metadata().map_err(io_err("stat", &path))?.len();
-                let len = usize::try_from(len).unwrap_or(usize::MAX);
-                if len < 4096 || !pool.has_room(len) {
+                let meta = file.metadata().map_err(io_err("stat", &path))?;
+                let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+                // A second name (a rename a crash left half done on a
+                // file system that does not journal it) may be a message
+                // in `q/`: never reuse that file, just drop this name.
+                if meta.nlink() > 1 || len < 4096 || !pool.has_room(len) {
                     return Ok(None);
                 }
                 let map = Shared::map(&file, len, &path)?;

@@ -895,3 +895,35 @@ fn crash_safety_while_reusing_files() {
     }
     assert_eq!(spool.list().unwrap(), rec.committed);
 }
+
+#[test]
+fn a_pooled_file_with_a_second_name_is_not_adopted() {
+    // As if a crash left a rename half done: the same file both in free/
+    // and as a message in q/. Reusing it would overwrite that message.
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, free_path);
+    {
+        let spool = Spool::open(dir.path(), opts()).unwrap();
+        let gone = commit(&spool, &body(1, 800), &env(1, "gone"));
+        kept = commit(&spool, &body(2, 800), &env(1, "kept"));
+        spool.delete(gone).unwrap();
+        free_path = fs::read_dir(dir.path().join("free"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        // Replace kept's file by the pooled one holding kept's record.
+        fs::copy(spool.message_path(kept), &free_path).unwrap();
+        fs::remove_file(spool.message_path(kept)).unwrap();
+        fs::hard_link(&free_path, spool.message_path(kept)).unwrap();
+    }
+    let spool = Spool::open(dir.path(), opts()).unwrap();
+    assert!(!free_path.exists(), "the second name was dropped");
+    assert_eq!(free_files(dir.path()), 0, "not adopted");
+    assert_eq!(spool.recover().unwrap().committed, vec![kept]);
+    // A new message gets a new file; kept's stays as it is.
+    let new = commit(&spool, &body(3, 800), &env(1, "new"));
+    assert_eq!(spool.open_message(kept).unwrap().body(), &body(2, 800)[..]);
+    assert_eq!(spool.open_message(new).unwrap().body(), &body(3, 800)[..]);
+}

@@ -42,6 +42,8 @@ pub(crate) const POOL_BYTES: u64 = 64 << 20;
 pub(crate) const REUSE_MAX_FILE: usize = 1 << 20;
 /// Most committed messages kept mapped.
 pub(crate) const HOT_MAX: usize = 2048;
+/// Most bytes the hot set may hold (mapped files plus envelopes).
+pub(crate) const HOT_BYTES: usize = 256 << 20;
 
 /// Locks, ignoring poisoning (the data stays consistent: every critical
 /// section is a plain container operation).
@@ -110,6 +112,20 @@ pub(crate) struct Held {
 }
 
 impl Held {
+    /// What keeping it costs: the mapped file and the decoded envelope
+    /// (roughly).
+    pub(crate) fn cost(&self) -> usize {
+        let env = &self.env;
+        let rcpts: usize = env
+            .recipients
+            .iter()
+            .map(|r| {
+                64 + r.address.len() + r.orcpt.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        self.mapped.map.len() + env.sender.len() + env.received.len() + rcpts
+    }
+
     /// Bytes `from..from + len` of the mapping. Never a slice over the
     /// whole mapping: `mark_done` writes the done map (after the header,
     /// before the body) with `pwrite` while readers hold slices, so no
@@ -155,24 +171,37 @@ impl Held {
 #[derive(Debug)]
 pub(crate) struct Hot {
     cap: usize,
+    max_bytes: usize,
+    /// Sum of the members' [`Held::cost`].
+    bytes: usize,
     by_id: HashMap<MessageId, Arc<Held>>,
     /// Insertion order; may name ids already removed.
     order: VecDeque<MessageId>,
 }
 
 impl Hot {
-    /// Holds at most `cap` messages.
-    pub(crate) fn new(cap: usize) -> Self {
-        Self { cap, by_id: HashMap::new(), order: VecDeque::new() }
+    /// Holds at most `cap` messages costing at most `max_bytes` in all.
+    pub(crate) fn new(cap: usize, max_bytes: usize) -> Self {
+        Self {
+            cap,
+            max_bytes,
+            bytes: 0,
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     /// Adds `held`; returns what had to leave to make room (drop it
     /// outside the lock: dropping unmaps).
     pub(crate) fn insert(&mut self, held: Arc<Held>) -> Vec<Arc<Held>> {
         let mut out = Vec::new();
-        while self.by_id.len() >= self.cap.max(1) {
+        let cost = held.cost();
+        while !self.by_id.is_empty()
+            && (self.by_id.len() >= self.cap.max(1)
+                || self.bytes + cost > self.max_bytes)
+        {
             match self.order.pop_front() {
-                Some(old) => out.extend(self.by_id.remove(&old)),
+                Some(old) => out.extend(self.remove(old)),
                 None => break,
             }
         }
@@ -181,7 +210,11 @@ impl Hot {
             self.order.retain(|id| by_id.contains_key(id));
         }
         self.order.push_back(held.id);
-        self.by_id.insert(held.id, held);
+        self.bytes += cost;
+        if let Some(old) = self.by_id.insert(held.id, held) {
+            self.bytes -= old.cost();
+            out.push(old);
+        }
         out
     }
 
@@ -195,7 +228,9 @@ impl Hot {
     }
 
     pub(crate) fn remove(&mut self, id: MessageId) -> Option<Arc<Held>> {
-        self.by_id.remove(&id)
+        let held = self.by_id.remove(&id)?;
+        self.bytes -= held.cost();
+        Some(held)
     }
 
     #[cfg(test)]
@@ -232,7 +267,7 @@ mod tests {
     fn hot_set_is_bounded_and_evicts_oldest() {
         let f = tempfile::tempfile().unwrap();
         let cap = 50;
-        let mut hot = Hot::new(cap);
+        let mut hot = Hot::new(cap, usize::MAX);
         for i in 0..cap as u128 {
             assert!(hot.insert(held(&f, i)).is_empty());
         }
@@ -281,6 +316,27 @@ mod tests {
         assert_eq!(h.range(4090, 100).len(), 6, "clamped at the end");
         assert!(h.range(5000, 10).is_empty());
         assert!(h.range(u64::MAX, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn hot_set_is_bounded_in_bytes_too() {
+        let f = tempfile::tempfile().unwrap();
+        let one = held(&f, 0).cost();
+        let mut hot = Hot::new(100, 3 * one);
+        for i in 0..3 {
+            assert!(hot.insert(held(&f, i)).is_empty());
+        }
+        let out = hot.insert(held(&f, 3));
+        assert_eq!(out.len(), 1, "the fourth pushes the oldest out");
+        assert_eq!(out[0].id, MessageId::from_u128(0));
+        assert_eq!(hot.bytes, 3 * one);
+        assert!(hot.remove(MessageId::from_u128(2)).is_some());
+        assert_eq!(hot.bytes, 2 * one);
+        // One member always fits, whatever it costs.
+        let mut tiny = Hot::new(100, 1);
+        assert!(tiny.insert(held(&f, 7)).is_empty());
+        assert_eq!(tiny.insert(held(&f, 8)).len(), 1);
+        assert_eq!(tiny.len(), 1);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::envelope::Envelope;
 use crate::error::io_err;
 use crate::format::{HEADER_LEN, Header, MAX_SLOTS, body_offset};
 use crate::incoming::{Finished, Incoming};
-use crate::reuse::{HOT_MAX, Hot, Mapped, Pool, Slot, lock};
+use crate::reuse::{HOT_BYTES, HOT_MAX, Hot, Mapped, Pool, Slot, lock};
 use crate::stored::{Bad, StoredMessage, load};
 use crate::sys;
 use crate::{MessageId, SpoolError};
@@ -323,7 +323,7 @@ impl Spool {
             q: q.clone(),
             free,
             pool: Mutex::new(pool),
-            hot: Mutex::new(Hot::new(HOT_MAX)),
+            hot: Mutex::new(Hot::new(HOT_MAX, HOT_BYTES)),
             next_free: AtomicU64::new(next_free),
             fan_durable: std::array::from_fn(|_| AtomicBool::new(false)),
             method,

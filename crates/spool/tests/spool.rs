@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -487,22 +487,29 @@ fn crash_safety_child() {
     }
 }
 
-#[test]
-fn crash_safety() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs test `name` of this binary in a child process with `env` set to
+/// `dir`; returns the child and its stdout lines.
+fn spawn_child(
+    name: &str,
+    env: &str,
+    dir: &Path,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_safety_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+#[test]
+fn crash_safety() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, mut lines) =
+        spawn_child("crash_safety_child", CHILD_ENV, dir.path());
     let mut acked: Vec<(MessageId, u64)> = Vec::new();
     let parse = |l: &str| -> Option<(MessageId, u64)> {
         let mut w = l.strip_prefix("ACK ")?.split(' ');
@@ -834,19 +841,11 @@ fn crash_safety_while_reusing_files_child() {
 #[test]
 fn crash_safety_while_reusing_files() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_safety_while_reusing_files_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(REUSE_CHILD_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_child(
+        "crash_safety_while_reusing_files_child",
+        REUSE_CHILD_ENV,
+        dir.path(),
+    );
     let mut acked: Vec<(MessageId, u64)> = Vec::new();
     let mut deleted: HashSet<MessageId> = HashSet::new();
     let mut take = |l: &str, acked: &mut Vec<_>| {

@@ -37,17 +37,9 @@ pub(crate) struct Bouncer {
 fn returned_original(env: &Envelope, body: &[u8]) -> (Vec<u8>, Option<bool>) {
     let size = env.received.len() + body.len();
     let full = env.ret_full.unwrap_or(size <= millrace_dsn::FULL_RETURN_LIMIT);
-    let part = if full {
-        body
-    } else if body.starts_with(b"\r\n") {
-        // No header lines: the Received header ends the block.
-        &body[..0]
-    } else {
-        match body.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(p) => &body[..p + 2],
-            None => body,
-        }
-    };
+    // Without header lines in the body, the Received header ends the
+    // block.
+    let part = if full { body } else { millrace_proto::header_section(body) };
     let mut original = Vec::with_capacity(env.received.len() + part.len());
     original.extend_from_slice(env.received.as_bytes());
     original.extend_from_slice(part);

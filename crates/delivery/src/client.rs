@@ -68,13 +68,7 @@ pub struct Transaction {
 /// received with SMTPUTF8 and such headers needs SMTPUTF8 at the next hop
 /// too.
 pub fn has_utf8_headers(body: &[u8]) -> bool {
-    let Some(first) = body.iter().position(|b| !b.is_ascii()) else {
-        return false;
-    };
-    // Does the header section end before that octet?
-    let before = &body[..first];
-    !(before.starts_with(b"\r\n")
-        || before.windows(4).any(|w| w == b"\r\n\r\n"))
+    !millrace_proto::header_section(body).is_ascii()
 }
 
 /// How one recipient fared.

@@ -265,6 +265,20 @@ impl BodyScanner {
     }
 }
 
+/// The header section of a message body (wire or plain form): its header
+/// lines up to and including the CRLF of the last one, without the empty
+/// line that ends them. Empty when the body starts with that empty line;
+/// the whole body when no empty line comes.
+pub fn header_section(body: &[u8]) -> &[u8] {
+    if body.starts_with(b"\r\n") {
+        return &body[..0];
+    }
+    match memmem::find(body, b"\r\n\r\n") {
+        Some(p) => &body[..p + 2],
+        None => body,
+    }
+}
+
 /// Removes dot-stuffing from a wire-form body (as stored), appending the
 /// message as the user wrote it to `out`.
 pub fn unstuff(wire: &[u8], out: &mut Vec<u8>) {
@@ -476,6 +490,18 @@ pub fn fuzz_scanner(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn header_section_ends_at_the_first_empty_line() {
+        use super::header_section as h;
+        assert_eq!(
+            h(b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore"),
+            b"A: 1\r\nB: 2\r\n"
+        );
+        assert_eq!(h(b"\r\nbody\r\n\r\nx"), b"");
+        assert_eq!(h(b"A: 1\r\nno end"), b"A: 1\r\nno end");
+        assert_eq!(h(b""), b"");
+    }
+
     use super::*;
 
     fn whole(input: &[u8]) -> (Option<usize>, u64, bool) {

@@ -32,7 +32,9 @@ pub mod path;
 pub mod reply;
 
 pub use command::{Command, CommandError, parse_command, parse_command_with};
-pub use data::{BodyScanner, DotStuffer, Scan, stuff, unstuff};
+pub use data::{
+    BodyScanner, DotStuffer, Scan, header_section, stuff, unstuff,
+};
 pub use ehlo::Capabilities;
 pub use line::{LineReader, LineStatus};
 pub use params::{

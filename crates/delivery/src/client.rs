@@ -387,17 +387,16 @@ impl Client {
         }
         let mut f = new_inflight(tx.recipients.len());
         let caps = &self.caps;
-        if let Some(limit) = caps.size
-            && limit > 0
-            && tx.size > limit
-        {
-            f.decide_all(&too_big());
-            self.events.push_back(ClientEvent::Done(f.into_results()));
-            self.events.push_back(ClientEvent::Ready);
-            return Ok(());
-        }
-        if tx.utf8_headers && !caps.smtputf8 {
-            f.decide_all(&utf8_headers_refused());
+        // Refusals of the whole message, decided without sending.
+        let refused = if caps.size.is_some_and(|l| l > 0 && tx.size > l) {
+            Some(too_big())
+        } else if tx.utf8_headers && !caps.smtputf8 {
+            Some(utf8_headers_refused())
+        } else {
+            None
+        };
+        if let Some(reply) = refused {
+            f.decide_all(&reply);
             self.events.push_back(ClientEvent::Done(f.into_results()));
             self.events.push_back(ClientEvent::Ready);
             return Ok(());

@@ -341,13 +341,12 @@ impl Inbound {
             return Some(0);
         }
         let room = READ_CHUNK - c.input.len();
-        match read(&mut c.stream, &mut self.buf[..room]) {
+        match read(&mut c.stream, &mut c.drained, &mut self.buf[..room]) {
             Ok(0) => {
                 c.eof = true;
                 None
             }
             Ok(n) => {
-                c.drained = n < room;
                 c.input.extend_from_slice(&self.buf[..n]);
                 Some(n)
             }
@@ -371,14 +370,15 @@ impl Inbound {
         }
         let res = match c.spool.as_mut() {
             Some(inc) => match inc.spare(READ_CHUNK) {
-                Ok(spare) => match read(&mut c.stream, spare) {
-                    Ok(n) if n > 0 => {
-                        c.drained = n < spare.len();
-                        inc.advance(n);
-                        Ok(n)
+                Ok(spare) => {
+                    match read(&mut c.stream, &mut c.drained, spare) {
+                        Ok(n) if n > 0 => {
+                            inc.advance(n);
+                            Ok(n)
+                        }
+                        other => other,
                     }
-                    other => other,
-                },
+                }
                 Err(_) => {
                     // Cannot grow (size limit or disk): drop the file and
                     // let the session scan the rest.
@@ -386,13 +386,7 @@ impl Inbound {
                     return Some(1);
                 }
             },
-            None => match read(&mut c.stream, &mut self.buf) {
-                Ok(n) => {
-                    c.drained = n > 0 && n < self.buf.len();
-                    Ok(n)
-                }
-                other => other,
-            },
+            None => read(&mut c.stream, &mut c.drained, &mut self.buf),
         };
         match res {
             Ok(0) => {
@@ -605,11 +599,20 @@ fn c_eof(c: &Conn) -> bool {
     c.eof
 }
 
-/// Reads, retrying on EINTR.
-fn read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads, retrying on EINTR; sets `drained` when a read comes back
+/// short (see `Conn::drained`).
+fn read(
+    stream: &mut TcpStream,
+    drained: &mut bool,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     loop {
         match stream.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => {
+                *drained = n > 0 && n < buf.len();
+                return Ok(n);
+            }
             other => return other,
         }
     }

@@ -747,11 +747,7 @@ fn write_done(
 /// them as a pool, with the next unused name. Files that do not fit
 /// the pool are removed.
 fn adopt_free_files(free: &Path) -> Result<(Pool, u64), SpoolError> {
-    match fs::create_dir(free) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err("create", free)(e)),
-    }
+    fs::create_dir_all(free).map_err(io_err("create", free))?;
     let mut pool = Pool::default();
     let mut next = 0u64;
     for entry in fs::read_dir(free).map_err(io_err("read", free))? {

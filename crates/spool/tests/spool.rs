@@ -463,10 +463,20 @@ fn crash_safety_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let spool = Spool::open(Path::new(&dir), opts()).unwrap();
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    commit_forever(&spool, &stdout, |_, _| {});
+}
+
+/// Commits `child_body(i)` for ever from 3 threads, printing
+/// `ACK <id> <i>` once each is acknowledged, then calling `after`.
+fn commit_forever(
+    spool: &Spool,
+    stdout: &Arc<std::sync::Mutex<std::io::Stdout>>,
+    after: impl Fn(MessageId, u64) + Clone + Send + 'static,
+) {
     let handles: Vec<_> = (0..3u64)
         .map(|t| {
-            let spool = spool.clone();
-            let stdout = Arc::clone(&stdout);
+            let (spool, stdout, after) =
+                (spool.clone(), Arc::clone(stdout), after.clone());
             std::thread::spawn(move || {
                 for i in (t..).step_by(3) {
                     let id = commit(
@@ -478,6 +488,8 @@ fn crash_safety_child() {
                     let mut out = stdout.lock().unwrap();
                     writeln!(out, "ACK {id} {i}").unwrap();
                     out.flush().unwrap();
+                    drop(out);
+                    after(id, i);
                 }
             })
         })
@@ -808,33 +820,11 @@ fn crash_safety_while_reusing_files_child() {
             }
         })
     };
-    let handles: Vec<_> = (0..3u64)
-        .map(|t| {
-            let (spool, stdout, tx) =
-                (spool.clone(), Arc::clone(&stdout), tx.clone());
-            std::thread::spawn(move || {
-                for i in (t..).step_by(3) {
-                    let id = commit(
-                        &spool,
-                        &child_body(i),
-                        &env(1, &i.to_string()),
-                    );
-                    use std::io::Write;
-                    let mut out = stdout.lock().unwrap();
-                    writeln!(out, "ACK {id} {i}").unwrap();
-                    out.flush().unwrap();
-                    drop(out);
-                    if i % 2 == 0 {
-                        tx.send((id, i)).unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-    for h in handles {
-        h.join().unwrap();
-    }
+    commit_forever(&spool, &stdout, move |id, i| {
+        if i % 2 == 0 {
+            tx.send((id, i)).unwrap();
+        }
+    });
     deleter.join().unwrap();
 }
 
